@@ -1,0 +1,331 @@
+"""Shared machinery of ravine's optimizers.
+
+Every ravine optimizer is a :class:`torch.optim.Optimizer`. Its update rule is one function over
+lists of tensors written with ``torch._foreach_*`` operations (the multi-tensor path), so that
+the same function is
+
+* run eagerly (default): one kernel launch per operation for a whole list of tensors, or
+* fused by ``torch.compile`` (``compile=True``): Inductor turns the list of operations into a few
+  fused loops that read and write each tensor once.
+
+The base class adds what every algorithm box of the book leaves to the caller: hyperparameter
+validation, L2 weight decay, global gradient-norm clipping, lazy per-parameter state, and the
+interim-point mechanism of the Nesterov methods (Algorithms 8.3 and 8.6).
+
+Interim-point mechanism
+-----------------------
+Algorithms 8.3 and 8.6 evaluate the gradient at the interim point ``θ̃ = θ + αv``. ravine keeps the
+*interim point* in the parameters between steps, so an ordinary ``loss.backward(); opt.step()``
+loop (or a closure) differentiates exactly at ``θ̃``. ``step`` then recovers the true
+``θ = θ̃ - s·v`` (``s`` is the momentum coefficient with which the current shift was applied,
+stored per parameter as ``state["shift"]``), applies the box's update, and moves the parameters to
+the next interim point ``θ + α v``. The shift does not involve the learning rate, so a learning
+rate that changes between steps keeps the method exact; a momentum that changes is handled by the
+stored ``shift``.
+
+The true ``θ`` is available through :meth:`RavineOptimizer.true_params` (a context manager that
+moves the parameters to ``θ`` and restores them bit-exactly afterwards: use it for evaluation and
+for saving deployable weights) and :meth:`RavineOptimizer.to_true_params` (a permanent move, for
+the end of training). Checkpoints of ``model.state_dict()`` together with ``opt.state_dict()``
+resume exactly, since the velocity and shift are optimizer state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+__all__ = ["RavineOptimizer", "clip_grad_norm_", "true_params", "add_scaled_", "addcdiv_scaled_"]
+
+# Hyperparameters that may change from step to step. On the compile path they are passed as
+# 0-d tensors so that a new learning rate does not trigger a recompilation.
+STEP_VARYING = frozenset({"lr", "shift", "bias_correction1", "bias_correction2_sqrt"})
+
+# A check is (predicate, text of the allowed range) for one hyperparameter.
+Check = tuple[Callable[[Any], bool], str]
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+POSITIVE: Check = (lambda x: _is_number(x) and x > 0, "a finite number > 0")
+NON_NEGATIVE: Check = (lambda x: _is_number(x) and x >= 0, "a finite number >= 0")
+UNIT_INTERVAL: Check = (lambda x: _is_number(x) and 0 <= x < 1, "in [0, 1)")
+BETAS: Check = (
+    lambda b: isinstance(b, (tuple, list))
+    and len(b) == 2
+    and all(_is_number(x) and 0 <= x < 1 for x in b),
+    "a pair of numbers in [0, 1)",
+)
+
+
+def check_value(name: str, value: Any, check: Check) -> None:
+    """Raise ``ValueError("<name> must be <rule>, got <value>")`` unless ``check`` accepts it."""
+    predicate, rule = check
+    if not predicate(value):
+        raise ValueError(f"{name} must be {rule}, got {value!r}")
+
+
+def _global_norm(grads: list[Tensor]) -> Tensor:
+    """Euclidean norm of all gradients taken together (one reduction per device/dtype list)."""
+    norms = []
+    for group in _by_device_dtype(grads).values():
+        norms.extend(torch._foreach_norm(group))
+    if not norms:
+        return torch.zeros(())
+    device = norms[0].device
+    return torch.linalg.vector_norm(torch.stack([n.to(device, torch.float64) for n in norms]))
+
+
+def _clip_(grads: list[Tensor], max_norm: float) -> tuple[Tensor, Tensor]:
+    """Re-normalize ``grads`` in place to norm ``max_norm`` when their global norm exceeds it.
+
+    Returns the pre-clip norm and whether clipping fired, both as tensors (no host sync).
+    The scale ``min(1, max_norm / norm)`` is applied unconditionally; a factor of exactly 1
+    leaves the gradients bit-identical.
+    """
+    norm = _global_norm(grads)
+    scale = torch.clamp(max_norm / norm, max=1.0)
+    for group in _by_device_dtype(grads).values():
+        torch._foreach_mul_(group, scale.to(group[0].device, group[0].dtype))
+    return norm, norm > max_norm
+
+
+def add_scaled_(ys: list[Tensor], xs: list[Tensor], a: float | Tensor) -> None:
+    """``y ← y + a·x`` for lists; ``a`` is a float (eager) or a 0-d tensor (compile path)."""
+    if isinstance(a, Tensor):
+        torch._foreach_add_(ys, torch._foreach_mul(xs, a))
+    else:
+        torch._foreach_add_(ys, xs, alpha=a)
+
+
+def addcdiv_scaled_(
+    ys: list[Tensor], ns: list[Tensor], ds: list[Tensor], a: float | Tensor
+) -> None:
+    """``y ← y + a·n/d`` for lists; ``a`` is a float (eager) or a 0-d tensor (compile path)."""
+    if isinstance(a, Tensor):
+        torch._foreach_add_(ys, torch._foreach_mul(torch._foreach_div(ns, ds), a))
+    else:
+        torch._foreach_addcdiv_(ys, ns, ds, value=a)
+
+
+def _by_device_dtype(tensors: list[Tensor]) -> dict[tuple, list[Tensor]]:
+    groups: dict[tuple, list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    return groups
+
+
+def clip_grad_norm_(params: Iterable[Tensor] | Tensor, max_norm: float) -> float:
+    """Clip gradients by re-normalization, as in the lecture: if ``‖g‖ > τ`` then ``g ← g τ/‖g‖``.
+
+    ``‖g‖`` is the Euclidean norm over all gradients together. Gradients are modified in place.
+    The optimizers' ``clip_norm=`` option uses the same code.
+
+    Args:
+        params: tensors (or one tensor) whose ``.grad`` is clipped; those without a gradient
+            are skipped.
+        max_norm: the threshold ``τ > 0``.
+
+    Returns:
+        The global norm before clipping.
+    """
+    check_value("max_norm", max_norm, POSITIVE)
+    if isinstance(params, Tensor):
+        params = [params]
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm, _ = _clip_(grads, float(max_norm))
+    return float(norm)
+
+
+def true_params(opt: Optimizer) -> contextlib.AbstractContextManager:
+    """Context manager placing the parameters at the true ``θ`` for any torch optimizer.
+
+    For ravine's interim-point optimizers this is :meth:`RavineOptimizer.true_params`; for any
+    other optimizer the parameters already are ``θ`` and nothing happens.
+    """
+    if isinstance(opt, RavineOptimizer):
+        return opt.true_params()
+    return contextlib.nullcontext()
+
+
+class RavineOptimizer(Optimizer):
+    """Base class: validation, weight decay, clipping, lazy state and foreach/compile dispatch.
+
+    Subclasses declare
+
+    * ``_rule``: the update function ``rule(params, grads, *buffers, **hyper)`` over lists of
+      tensors of one device and dtype;
+    * ``_buffers``: names of per-parameter state tensors, created as zeros like the parameter;
+    * ``_scalars``: per-parameter scalar state with its initial value (e.g. the step count);
+    * ``_checks``: hyperparameter name -> :data:`Check`;
+    * ``_hyper(group, **scalars)``: the keyword arguments of ``_rule`` for one step;
+    * ``_advance(group, **scalars)``: the scalar state after the step.
+    """
+
+    _rule: Callable[..., None]
+    _buffers: tuple[str, ...] = ()
+    _scalars: dict[str, Any] = {}
+    _checks: dict[str, Check] = {}
+    interim_point: bool = False
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        clip_norm: float | None = None,
+        track_grad_norm: bool = False,
+        compile: bool | str = False,
+    ) -> None:
+        if clip_norm is not None:
+            check_value("clip_norm", clip_norm, POSITIVE)
+        if not isinstance(compile, (bool, str)):
+            raise ValueError(
+                f"compile must be a bool or a torch.compile backend name, got {compile!r}"
+            )
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
+        self.track_grad_norm = bool(track_grad_norm)
+        self.compile = compile
+        self._last_norm: Tensor | None = None
+        self._last_clipped: Tensor | None = None
+        super().__init__(params, defaults)
+        rule = type(self)._rule
+        if compile:
+            backend = "inductor" if compile is True else compile
+            self._rule_fn = torch.compile(rule, backend=backend, fullgraph=True)
+        else:
+            self._rule_fn = rule
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for name, check in self._checks.items():
+            check_value(name, group[name], check)
+        for p in group["params"]:
+            if p.is_complex():
+                raise ValueError(f"{type(self).__name__} does not support complex parameters")
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """Global gradient norm before clipping at the last step.
+
+        Recorded when ``clip_norm`` is set or ``track_grad_norm=True`` (one extra read of the
+        gradients per step); ``None`` otherwise or before the first step.
+        """
+        return None if self._last_norm is None else float(self._last_norm)
+
+    @property
+    def last_clipped(self) -> bool | None:
+        """Whether clipping fired at the last step (``None`` without ``clip_norm``)."""
+        return None if self._last_clipped is None else bool(self._last_clipped)
+
+    def _hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _advance(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
+        return scalars
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Perform one update; ``closure`` (optional) re-evaluates the loss and its gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        per_group = []
+        all_grads: list[Tensor] = []
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            for g in grads:
+                if g.is_sparse:
+                    raise ValueError(f"{type(self).__name__} does not support sparse gradients")
+            per_group.append((group, params, grads))
+            all_grads.extend(grads)
+        if self.clip_norm is not None and all_grads:
+            self._last_norm, self._last_clipped = _clip_(all_grads, self.clip_norm)
+        elif self.track_grad_norm and all_grads:
+            self._last_norm = _global_norm(all_grads)
+        for group, params, grads in per_group:
+            if params:
+                self._step_group(group, params, grads)
+        return loss
+
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        # Lists handed to the rule share device, dtype and scalar state (e.g. the step count).
+        batches: dict[tuple, list[int]] = {}
+        for i, p in enumerate(params):
+            state = self.state[p]
+            if not state:
+                for name in self._buffers:
+                    state[name] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state.update(self._scalars)
+            key = (p.device, p.dtype, *(state[k] for k in self._scalars))
+            batches.setdefault(key, []).append(i)
+        for idx in batches.values():
+            ps = [params[i] for i in idx]
+            gs = [grads[i] for i in idx]
+            first = self.state[ps[0]]
+            scalars = {k: first[k] for k in self._scalars}
+            buffers = [[self.state[p][name] for p in ps] for name in self._buffers]
+            hyper = self._hyper(group, **scalars)
+            if self.compile:
+                for k in STEP_VARYING.intersection(hyper):
+                    hyper[k] = torch.tensor(hyper[k], dtype=torch.float64, device=ps[0].device)
+            self._rule_fn(ps, gs, *buffers, **hyper)
+            after = self._advance(group, **scalars)
+            for p in ps:
+                self.state[p].update(after)
+
+    def _shifted(self) -> Iterator[tuple[Tensor, Tensor, float]]:
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state.get(p)
+                if state and state.get("shift", 0.0) != 0.0:
+                    yield p, state["velocity"], state["shift"]
+
+    @contextlib.contextmanager
+    def true_params(self) -> Iterator[None]:
+        """Temporarily place the parameters at the true ``θ`` (see the module docstring).
+
+        For interim-point methods the parameters hold ``θ̃ = θ + s·v`` between steps; inside
+        this context they hold ``θ``, and on exit the interim point is restored bit-exactly from
+        a copy. For the other optimizers it does nothing.
+        """
+        saved = []
+        with torch.no_grad():
+            for p, v, s in self._shifted():
+                saved.append((p, p.detach().clone()))
+                p.add_(v, alpha=-s)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, copy in saved:
+                    p.copy_(copy)
+
+    @torch.no_grad()
+    def to_true_params(self) -> None:
+        """Move the parameters to the true ``θ`` permanently (e.g. at the end of training).
+
+        Training may continue afterwards: the next step starts from ``θ`` (its gradient is then
+        taken at ``θ`` rather than at ``θ + αv``) and every later step is exact again.
+        """
+        for p, v, s in list(self._shifted()):
+            p.add_(v, alpha=-s)
+            self.state[p]["shift"] = 0.0
+
+    def __repr__(self) -> str:
+        hp = ", ".join(f"{k}={v!r}" for k, v in self.defaults.items())
+        extra = f", clip_norm={self.clip_norm}" if self.clip_norm is not None else ""
+        return f"{type(self).__name__}({hp}{extra})"
