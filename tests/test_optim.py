@@ -536,3 +536,32 @@ def test_cuda_matches_cpu(name):
         problem.backward(params)
         opt.step()
     assert rel_err(true_flat(opt, params), cpu[-1]) <= 1e-10
+
+
+def test_compile_chunks_partition_any_length():
+    from ravine.optim.base import COMPILE_CHUNK, _chunk_bounds
+
+    for n in range(0, 80):
+        bounds = list(_chunk_bounds(n))
+        covered = [i for lo, hi in bounds for i in range(lo, hi)]
+        assert covered == list(range(n))
+        assert {hi - lo for lo, hi in bounds} <= {COMPILE_CHUNK, 8, 4, 2, 1}
+
+
+@pytest.mark.slow
+def test_compile_path_on_many_tensors_equals_foreach():
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(int(torch.randint(1, 50, (1,), generator=gen)),) for _ in range(37)]
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
+    results = []
+    for compile in (False, True):
+        params = [t.clone().requires_grad_() for t in init]
+        opt = optim.RMSPropNesterov(params, lr=0.01, compile=compile)
+        for k, gs in enumerate(grads):
+            opt.param_groups[0]["lr"] = 0.01 / (k + 1)
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results.append(flat(params))
+    assert rel_err(results[1], results[0]) <= 1e-12
