@@ -19,6 +19,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -n 2 --durations=15
 
+bench: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) benchmarks/optimizer_step.py
+	$(PY) benchmarks/fit_overhead.py
+	$(PY) benchmarks/time_to_accuracy.py
+	$(PY) benchmarks/hessian_vs_pyhessian.py
+	$(PY) benchmarks/collect.py
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
 

@@ -1,0 +1,458 @@
+"""Hessian-vector products of a training loss, for any ``nn.Module`` and loss.
+
+The operator is the Hessian of the empirical risk over the given data,
+
+.. math:: R(\\theta) = \\frac{1}{N} \\sum_b n_b \\, L_b(\\theta), \\qquad
+          H v = \\nabla_\\theta \\big( \\nabla_\\theta R(\\theta)^\\top v \\big)
+              = \\frac{1}{N} \\sum_b n_b \\, H_b v ,
+
+where ``L_b = loss_fn(model(x_b), y_b)`` is the mean loss of batch b, ``n_b`` its number of
+examples and ``N = sum_b n_b``: batches of a loader are averaged exactly, weighted by their size
+(``loss_fn`` must average over its batch, like ``nn.CrossEntropyLoss()``). Vectors are flat, in the
+order of ``model.named_parameters()`` restricted to parameters with ``requires_grad``; a parameter
+the loss does not use has a zero gradient and a zero Hessian block.
+
+Two backends compute the same product:
+
+* ``"double-backward"``: reverse-over-reverse, ``autograd.grad(g, θ, grad_outputs=v)`` with
+  ``g = autograd.grad(L, θ, create_graph=True)``. For a single batch the graph of ``g`` is built
+  once and reused, so each product costs one backward pass through it.
+* ``"forward-over-reverse"``: ``torch.func.jvp(torch.func.grad(L), (θ,), (v,))`` through
+  ``torch.func.functional_call``; nothing is retained between products.
+
+``backend="auto"`` times one product of each on the first batch and keeps the faster; the choice is
+cached per model (and mode, batch shape, dtype, device).
+
+Train/eval mode changes the operator when the model has batch norm (running vs. batch statistics)
+or dropout; the mode is therefore an explicit argument (default ``"eval"``), a warning names the
+modules concerned, and the model's own mode and buffers are restored afterwards. In ``"train"``
+mode batch norm uses each batch's statistics without updating its running averages, and dropout
+masks come from a fixed seed per batch, so every product sees the same masks (the Hessian of one
+sampled loss).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp
+
+__all__ = ["HessianOperator", "hvp", "model_mode", "MODES", "BACKENDS"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+Batch = tuple[Tensor, Tensor]
+
+MODES = ("eval", "train")
+BACKENDS = ("auto", "double-backward", "forward-over-reverse")
+
+# model -> {(mode, single batch?, batch shape, dtype, device): backend}
+_BACKEND_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming ``name``, ``value``, the allowed values and the closest one."""
+    if value in allowed:
+        return
+    close = difflib.get_close_matches(str(value), list(allowed), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    options = ", ".join(repr(a) for a in allowed)
+    raise ValueError(f"{name} must be one of {options}, got {value!r}{hint}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number ``> 0`` (``>= 0``)."""
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    ok = ok and bool(np.isfinite(value)) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _is_batch(obj: Any) -> bool:
+    return (
+        isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj)
+    )
+
+
+def as_batches(data: Any) -> Sequence[Batch] | Iterable[Batch]:
+    """Normalize ``data`` to a re-iterable collection of ``(x, y)`` batches.
+
+    Accepted: one batch ``(x, y)`` of tensors; a dataset object with tensor attributes ``.x`` and
+    ``.y`` (e.g. ``ravine.data.ArrayDataset``), taken as one batch; or an iterable of batches such
+    as a ``DataLoader``. A one-shot iterator (a generator) is materialized into a list, because
+    every Hessian-vector product passes over the data again.
+    """
+    if _is_batch(data):
+        return [(data[0], data[1])]
+    x, y = getattr(data, "x", None), getattr(data, "y", None)
+    if isinstance(x, Tensor) and isinstance(y, Tensor):
+        return [(x, y)]
+    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        raise TypeError(
+            "data must be a batch (x, y) of tensors, a dataset with tensors .x and .y, or an "
+            f"iterable of (x, y) batches, got {type(data).__name__}"
+        )
+    if iter(data) is data:
+        data = list(data)
+    return data
+
+
+def checked_batch(batch: Any, index: int) -> Batch:
+    """Return ``batch`` as ``(x, y)`` or raise ``TypeError`` saying what batch ``index`` was."""
+    if not _is_batch(batch):
+        raise TypeError(
+            f"batch {index} of data must be a pair (x, y) of tensors, got {type(batch).__name__}"
+        )
+    x, y = batch
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise ValueError(f"batch {index} of data is empty (x has shape {tuple(x.shape)})")
+    return x, y
+
+
+def scalar_loss(loss_fn: LossFn, output: Tensor, y: Tensor) -> Tensor:
+    """``loss_fn(output, y)``, checked to be a scalar (the mean over the batch)."""
+    loss = loss_fn(output, y)
+    if not isinstance(loss, Tensor) or loss.ndim != 0:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor (the batch mean), got {shape}")
+    return loss
+
+
+def trainable_parameters(model: nn.Module) -> tuple[list[str], list[nn.Parameter]]:
+    """Names and parameters with ``requires_grad``, in ``named_parameters()`` order."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("model has no parameters with requires_grad=True")
+    return [n for n, _ in named], [p for _, p in named]
+
+
+def mode_dependent_modules(model: nn.Module) -> list[str]:
+    """Names of batch-norm and dropout (p > 0) submodules, whose output depends on the mode."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            names.append(name or type(module).__name__)
+        elif isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            names.append(name or type(module).__name__)
+    return names
+
+
+def warn_mode_dependence(model: nn.Module, mode: str, what: str) -> None:
+    """Warn (one line) that batch norm / dropout make ``what`` depend on the mode."""
+    modules = mode_dependent_modules(model)
+    if not modules:
+        return
+    meaning = (
+        "batch norm uses its running statistics, dropout is off"
+        if mode == "eval"
+        else "batch norm uses each batch's statistics, dropout masks come from a fixed seed"
+    )
+    listed = ", ".join(modules[:4]) + (", ..." if len(modules) > 4 else "")
+    warnings.warn(
+        f"batch norm/dropout ({listed}) make {what} depend on the model's mode; "
+        f"using mode={mode!r} ({meaning})",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+@contextlib.contextmanager
+def model_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Put ``model`` in ``mode`` ("eval" or "train") and restore every module's mode afterwards.
+
+    In "train" mode, batch-norm layers temporarily stop tracking running statistics (their
+    output, computed from the batch statistics, is unchanged) and all buffers are restored on
+    exit, so measuring never changes the model.
+    """
+    check_choice("mode", mode, MODES)
+    saved_modes = [(m, m.training) for m in model.modules()]
+    untracked: list[nn.Module] = []
+    saved_buffers: list[tuple[Tensor, Tensor]] = []
+    model.train(mode == "train")
+    if mode == "train":
+        saved_buffers = [(b, b.detach().clone()) for b in model.buffers()]
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+                m.track_running_stats = False
+                untracked.append(m)
+    try:
+        yield
+    finally:
+        for m in untracked:
+            m.track_running_stats = True
+        with torch.no_grad():
+            for buffer, saved in saved_buffers:
+                buffer.copy_(saved)
+        for m, training in saved_modes:
+            m.training = training
+
+
+@contextlib.contextmanager
+def batch_rng(mode: str, seed: int, index: int, device: torch.device) -> Iterator[None]:
+    """In "train" mode, a forked RNG seeded by ``(seed, index)``: fixed dropout masks per batch."""
+    if mode != "train":
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(np.random.SeedSequence([seed, index]).generate_state(1)[0]))
+        yield
+
+
+class HessianOperator:
+    """The Hessian of the training loss as a linear operator on flat parameter vectors.
+
+    Args:
+        model: any ``nn.Module``; the Hessian is taken with respect to its parameters with
+            ``requires_grad``, at their values when the operator is first applied (for a single
+            batch the graph of the gradient is cached; build a new operator after changing the
+            parameters).
+        loss_fn: ``loss_fn(model(x), y)`` -> scalar batch mean.
+        data: a batch ``(x, y)``, a dataset with tensors ``.x``/``.y``, or an iterable of batches
+            (averaged exactly, weighted by batch size). Every pass over a loader must cover the
+            same examples (no ``drop_last`` with shuffling), and in "train" mode with batch norm
+            the same batches (no shuffling), or the operator changes between products.
+        mode: "eval" (default) or "train"; see the module docstring.
+        backend: "auto", "double-backward" or "forward-over-reverse".
+        seed: seeds the dropout masks in "train" mode and the probe vector of "auto".
+
+    ``op(v)`` (or ``op.matvec(v)``) returns ``H v`` in ``v``'s dtype; the products are computed
+    in the model's dtype. ``op.hvps`` counts the products computed by ``matvec``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Any,
+        *,
+        mode: str = "eval",
+        backend: str = "auto",
+        seed: int = 0,
+    ) -> None:
+        check_choice("mode", mode, MODES)
+        check_choice("backend", backend, BACKENDS)
+        check_int("seed", seed, 0)
+        self.model = model
+        self.loss_fn = loss_fn
+        self.mode = mode
+        self.seed = seed
+        self.names, self.params = trainable_parameters(model)
+        self.shapes = [p.shape for p in self.params]
+        self.numels = [p.numel() for p in self.params]
+        self.dim = sum(self.numels)
+        self.device = self.params[0].device
+        self.dtype = self.params[0].dtype
+        self.hvps = 0
+        self.backend_timings: dict[str, float] = {}
+        batches = as_batches(data)
+        self._batches = batches
+        self._single = isinstance(batches, list) and len(batches) == 1
+        self._single_batch: Batch | None = None
+        self._cached_grads: tuple[Tensor | None, ...] | None = None
+        warn_mode_dependence(model, mode, "the Hessian")
+        self.backend = backend if backend != "auto" else self._choose_backend()
+
+    # ------------------------------------------------------------------ vectors
+    def unflatten(self, vector: Tensor) -> list[Tensor]:
+        """Split a flat vector into tensors shaped (and typed) like the parameters."""
+        if vector.ndim != 1 or vector.numel() != self.dim:
+            raise ValueError(
+                f"vector must be 1-D with {self.dim} entries (the number of trainable "
+                f"parameters), got shape {tuple(vector.shape)}"
+            )
+        vector = vector.to(self.device).contiguous()
+        pieces = torch.split(vector, self.numels)
+        return [
+            piece.view(shape).to(p.dtype)
+            for piece, shape, p in zip(pieces, self.shapes, self.params, strict=True)
+        ]
+
+    def flatten(self, tensors: Sequence[Tensor | None], dtype: torch.dtype | None = None) -> Tensor:
+        """Concatenate per-parameter tensors (``None`` = zeros) into one flat vector."""
+        dtype = dtype or self.dtype
+        return torch.cat(
+            [
+                (
+                    torch.zeros(n, dtype=dtype, device=self.device)
+                    if t is None
+                    else t.reshape(-1).to(dtype)
+                )
+                for t, n in zip(tensors, self.numels, strict=True)
+            ]
+        )
+
+    # ------------------------------------------------------------------ data
+    def _iter_batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        if self._single:
+            if self._single_batch is None:
+                x, y = checked_batch(self._batches[0], 0)
+                self._single_batch = (x.to(self.device), y.to(self.device))
+            yield 0, *self._single_batch
+            return
+        count = 0
+        for i, batch in enumerate(self._batches):
+            x, y = checked_batch(batch, i)
+            count += 1
+            yield i, x.to(self.device), y.to(self.device)
+        if count == 0:
+            raise ValueError("data has no batches")
+
+    def _loss(self, x: Tensor, y: Tensor) -> Tensor:
+        return scalar_loss(self.loss_fn, self.model(x), y)
+
+    # ------------------------------------------------------------------ one batch
+    def _second_backward(
+        self, grads: Sequence[Tensor | None], vs: Sequence[Tensor], retain: bool
+    ) -> list[Tensor | None]:
+        # A gradient that does not depend on the parameters (loss linear in them) has no graph
+        # and contributes nothing to H v; autograd.grad would reject it.
+        pairs = [
+            (g, v) for g, v in zip(grads, vs, strict=True) if g is not None and g.requires_grad
+        ]
+        if not pairs:
+            return [None] * len(self.params)
+        return list(
+            torch.autograd.grad(
+                [g for g, _ in pairs],
+                self.params,
+                grad_outputs=[v for _, v in pairs],
+                retain_graph=retain,
+                allow_unused=True,
+            )
+        )
+
+    def _batch_hvp(
+        self, index: int, x: Tensor, y: Tensor, vs: Sequence[Tensor], backend: str
+    ) -> list[Tensor | None]:
+        with batch_rng(self.mode, self.seed, index, self.device):
+            if backend == "double-backward":
+                if self._single:
+                    if self._cached_grads is None:
+                        loss = self._loss(x, y)
+                        self._cached_grads = torch.autograd.grad(
+                            loss, self.params, create_graph=True, allow_unused=True
+                        )
+                    return self._second_backward(self._cached_grads, vs, retain=True)
+                loss = self._loss(x, y)
+                grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+                return self._second_backward(grads, vs, retain=False)
+            params = {n: p.detach() for n, p in zip(self.names, self.params, strict=True)}
+            tangents = dict(zip(self.names, vs, strict=True))
+
+            def loss_of(p: dict[str, Tensor]) -> Tensor:
+                return scalar_loss(self.loss_fn, functional_call(self.model, p, (x,)), y)
+
+            with warnings.catch_warnings():
+                # torch's first forward-mode call scripts its jvp decompositions with the
+                # deprecated torch.jit.script; that warning is torch's, not the user's concern.
+                warnings.filterwarnings("ignore", ".*torch.jit.script", DeprecationWarning)
+                _, hv = jvp(grad(loss_of), (params,), (tangents,))
+            return [hv[n] for n in self.names]
+
+    # ------------------------------------------------------------------ public
+    def matvec(self, v: Tensor) -> Tensor:
+        """``H v`` for a flat vector ``v`` (returned in ``v``'s dtype, on the model's device)."""
+        vs = self.unflatten(v)
+        total: Tensor | None = None
+        count = 0
+        with model_mode(self.model, self.mode):
+            for index, x, y in self._iter_batches():
+                n = x.shape[0]
+                flat = self.flatten(self._batch_hvp(index, x, y, vs, self.backend), torch.float64)
+                total = flat.mul_(n) if total is None else total.add_(flat, alpha=n)
+                count += n
+        assert total is not None
+        self.hvps += 1
+        return total.div_(count).to(v.dtype)
+
+    __call__ = matvec
+
+    def loss_and_gradient(self) -> tuple[float, Tensor]:
+        """The loss R(θ) and its flat gradient (float64), averaged over batches like ``matvec``."""
+        total: Tensor | None = None
+        loss_sum = 0.0
+        count = 0
+        with model_mode(self.model, self.mode):
+            for index, x, y in self._iter_batches():
+                n = x.shape[0]
+                with batch_rng(self.mode, self.seed, index, self.device):
+                    loss = self._loss(x, y)
+                    grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                flat = self.flatten(grads, torch.float64)
+                total = flat.mul_(n) if total is None else total.add_(flat, alpha=n)
+                loss_sum += float(loss.detach()) * n
+                count += n
+        assert total is not None
+        return loss_sum / count, total.div_(count)
+
+    # ------------------------------------------------------------------ backend choice
+    def _cache_key(self) -> tuple:
+        _, x, _ = next(iter(self._iter_batches()))
+        return (self.mode, self._single, tuple(x.shape), self.dtype, str(self.device))
+
+    def _choose_backend(self) -> str:
+        key = self._cache_key()
+        cached = _BACKEND_CACHE.get(self.model, {}).get(key)
+        if cached is not None:
+            return cached
+        generator = torch.Generator().manual_seed(self.seed)
+        probe = torch.randn(self.dim, generator=generator, dtype=torch.float64)
+        vs = self.unflatten(probe)
+        errors: dict[str, str] = {}
+        with model_mode(self.model, self.mode):
+            index, x, y = next(iter(self._iter_batches()))
+            for backend in BACKENDS[1:]:
+                try:
+                    # The first product warms up (and, for one batch, builds the cached graph);
+                    # the second is the steady-state cost that Lanczos will pay.
+                    self._batch_hvp(index, x, y, vs, backend)
+                    self._synchronize()
+                    start = time.perf_counter()
+                    self._batch_hvp(index, x, y, vs, backend)
+                    self._synchronize()
+                    self.backend_timings[backend] = time.perf_counter() - start
+                except (RuntimeError, NotImplementedError) as error:
+                    errors[backend] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+        if not self.backend_timings:
+            raise RuntimeError(f"no Hessian-vector product backend works for this model: {errors}")
+        chosen = min(self.backend_timings, key=self.backend_timings.__getitem__)
+        if chosen != "double-backward":
+            self._cached_grads = None
+        _BACKEND_CACHE.setdefault(self.model, {})[key] = chosen
+        return chosen
+
+    def _synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+def hvp(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    v: Tensor,
+    *,
+    mode: str = "eval",
+    backend: str = "auto",
+) -> Tensor:
+    """One Hessian-vector product ``H v`` of the training loss (see :class:`HessianOperator`).
+
+    ``v`` is flat, ordered like ``model.named_parameters()`` (trainable parameters only).
+    """
+    return HessianOperator(model, loss_fn, data, mode=mode, backend=backend).matvec(v)

@@ -1,0 +1,123 @@
+"""PNG plots of the diagnostics (matplotlib's Agg canvas, imported only when plotting).
+
+The figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas, so no global backend
+is switched and no window opens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ravine.diagnostics.noise import GradientNoiseResult
+    from ravine.diagnostics.spectrum import SpectralDensity
+
+__all__ = ["plot_spectral_density", "plot_gradient_noise", "plot_history"]
+
+
+def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0)) -> Any:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def plot_spectral_density(density: SpectralDensity, path: str | Path) -> Path:
+    """Plot an SLQ density (log scale), its nodes, and the mass below zero; returns ``path``."""
+    figure = _figure()
+    ax = figure.add_subplot()
+    floor = max(float(density.density.max()) * 1e-8, 1e-300)
+    ax.semilogy(density.grid, np.maximum(density.density, floor), color="C0")
+    for nodes, weights in zip(density.nodes, density.weights, strict=True):
+        ax.plot(nodes, np.maximum(weights / density.n_probes, floor), "|", color="C1", alpha=0.5)
+    ax.axvline(0.0, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("eigenvalue")
+    ax.set_ylabel("density")
+    ax.set_title(
+        f"Hessian spectral density (SLQ, {density.n_probes} probes); "
+        f"mass below 0: {density.negative_mass:.3g}"
+    )
+    return _save(figure, path)
+
+
+def plot_gradient_noise(result: GradientNoiseResult, path: str | Path) -> Path:
+    """Log-log plot of the measured minibatch-gradient std against m, the fit and √(tr Σ / m)."""
+    figure = _figure()
+    ax = figure.add_subplot()
+    sizes = np.array(sorted(result.std_by_m), dtype=np.float64)
+    measured = np.array([result.std_by_m[int(m)] for m in sizes])
+    ax.loglog(sizes, measured, "o", label="measured  √E‖g_B − G‖²")
+    ax.loglog(
+        sizes,
+        [result.predicted_std_by_m[int(m)] for m in sizes],
+        "--",
+        label="√(tr Σ / m)",
+    )
+    intercept = float(np.mean(np.log(measured) - result.exponent * np.log(sizes)))
+    ax.loglog(
+        sizes,
+        np.exp(intercept) * sizes**result.exponent,
+        "-",
+        lw=0.8,
+        label=f"fit: slope {result.exponent:.3f}",
+    )
+    ax.set_xlabel("batch size m")
+    ax.set_ylabel("std of minibatch gradient")
+    ax.set_title(f"Gradient noise; B_simple = {result.b_simple:.3g}")
+    ax.legend()
+    return _save(figure, path)
+
+
+def plot_history(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Plot diagnostics recorded during training (one row per measurement, key ``step``).
+
+    Panels, each drawn when its keys occur: λmax against the stability bound 2/lr (keys
+    ``lambda_max``, ``lr``), the condition number, B_simple, and the gradient norm.
+    """
+    panels = [
+        ("lambda_max", "λmax (vs 2/lr)"),
+        ("condition_number", "κ = |λmax|/|λmin|"),
+        ("b_simple", "B_simple"),
+        ("grad_norm", "‖∇R‖"),
+    ]
+    present = [(k, t) for k, t in panels if any(_loggable(r.get(k)) for r in rows)]
+    if not present:
+        raise ValueError(
+            "rows must contain at least one of lambda_max, condition_number, b_simple, grad_norm"
+        )
+    figure = _figure(size=(6.0, 2.4 * len(present)))
+    axes = figure.subplots(len(present), 1, sharex=True, squeeze=False)[:, 0]
+    for ax, (key, title) in zip(axes, present, strict=True):
+        points = [(r.get("step"), r.get(key)) for r in rows if _loggable(r.get(key))]
+        ax.semilogy([p[0] for p in points], [p[1] for p in points], "o-", ms=3, label=key)
+        if key == "lambda_max":
+            bound = [(r.get("step"), 2.0 / r["lr"]) for r in rows if _loggable(r.get("lr"))]
+            if bound:
+                ax.semilogy([b[0] for b in bound], [b[1] for b in bound], "--", label="2 / lr")
+            ax.legend()
+        ax.set_ylabel(title)
+    axes[-1].set_xlabel("step")
+    return _save(figure, path)
+
+
+def _loggable(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
