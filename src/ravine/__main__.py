@@ -1,0 +1,7 @@
+"""``python -m ravine`` (and ``torchrun -m ravine``) runs the command-line interface."""
+
+import sys
+
+from ravine.cli import main
+
+sys.exit(main())

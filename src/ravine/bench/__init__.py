@@ -1,0 +1,36 @@
+"""Honest optimizer benchmarks: ``ravine compare`` suites and ``ravine tune`` studies.
+
+* :mod:`ravine.bench.problems` — the problems (quadratic, Rosenbrock, the neural-network
+  problems, user problems) and what one run computes;
+* :mod:`ravine.bench.config` — validated suite and study configurations;
+* :mod:`ravine.bench.compare` — running a suite resumably (equal tuning budgets, many seeds);
+* :mod:`ravine.bench.tune` — the Optuna plumbing (storages, pruning, best configurations);
+* :mod:`ravine.bench.report` and :mod:`ravine.bench.profile` — the report and performance
+  profiles;
+* :mod:`ravine.bench.cli` — ``compare_main`` and ``tune_main``.
+
+Example::
+
+    from ravine.bench import load_suite, run_suite
+
+    outcome = run_suite(load_suite("examples/suites/quadratic-claims.yaml"), "runs/claims")
+    print(outcome.report)
+"""
+
+from ravine.bench.compare import SuiteOutcome, run_suite
+from ravine.bench.config import ConfigError, SuiteSpec, load_suite
+from ravine.bench.problems import Problem, RunResult, build
+from ravine.bench.profile import performance_profile, performance_ratios
+
+__all__ = [
+    "ConfigError",
+    "Problem",
+    "RunResult",
+    "SuiteOutcome",
+    "SuiteSpec",
+    "build",
+    "load_suite",
+    "performance_profile",
+    "performance_ratios",
+    "run_suite",
+]

@@ -1,0 +1,202 @@
+"""``ravine compare`` and ``ravine tune``: argument parsing and exit codes.
+
+``ravine compare SUITE.yaml [--out DIR] [--seeds N] [--quiet]``
+    Run the suite (format: :mod:`ravine.bench.config`) into ``DIR`` (default: the suite's
+    ``output``, else ``runs/<suite name>``), skipping the runs an earlier, interrupted invocation
+    finished, and write ``DIR/report.md``.
+``ravine tune CONFIG.yaml [--trials N] [--storage URL] [--study NAME] [--out DIR] [--monitor M]``
+    Optuna study over the values the config marks searchable (``{search: log, low: .., high:
+    ..}``). ``CONFIG`` is a ``ravine train`` config, or a benchmark study with ``problem:`` and
+    ``optimizer:`` keys (:class:`~ravine.bench.config.StudySpec`). Each invocation adds
+    ``--trials`` trials (default 20) to the study ``NAME`` (default: the config's file name) in
+    ``--storage`` (default: ``sqlite:///DIR/study.db``; ``journal:PATH`` for a journal file, or
+    an RDB URL); several processes may share one storage. Prints the best configuration as YAML,
+    ready for ``ravine train`` (a train config) or ``ravine compare`` (a benchmark study), and
+    writes it to ``DIR/best.yaml``.
+
+Exit status: 0 success; 2 a usage error (bad config, option or storage: one line on standard
+error, no traceback unless ``--debug``); 130 interrupted (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["compare_main", "tune_main", "compare_parser", "tune_parser"]
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as exit status 2 and one line (argparse's own convention)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ravine compare``."""
+    parser = _Parser(prog="ravine compare",
+                     description="Compare optimizers on a suite of problems, resumably.")
+    parser.add_argument("suite", help="suite file (YAML); see ravine.bench.config")
+    parser.add_argument("--out", help="output folder (default: the suite's output, else "
+                        "runs/<suite name>)")
+    parser.add_argument("--seeds", type=_positive_int,
+                        help="evaluation seeds 0..N-1, replacing the suite's seeds")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def tune_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``ravine tune``."""
+    parser = _Parser(prog="ravine tune",
+                     description="Tune the searchable values of a config with Optuna.")
+    parser.add_argument("config", help="a ravine train config or a benchmark study (YAML)")
+    parser.add_argument("--trials", type=_positive_int,
+                        help="trials this process runs (default: the config's trials, else 20)")
+    parser.add_argument("--storage", help="journal:PATH or an RDB URL (default: an SQLite file "
+                        "in the output folder)")
+    parser.add_argument("--study", help="study name (default: the config's file name)")
+    parser.add_argument("--out", help="output folder (default: runs/tune-<config name>)")
+    parser.add_argument("--monitor", help="validation metric of a train config (default: "
+                        "val_acc for classification, val_loss for regression)")
+    parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    return parser
+
+
+def _guarded(name: str, argv: Sequence[str], parser: argparse.ArgumentParser,
+             body: Callable[[argparse.Namespace], int]) -> int:
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        return body(args)
+    except KeyboardInterrupt:
+        print(f"ravine {name}: interrupted; run the same command again to resume",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"ravine {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from ravine.bench.compare import run_suite
+    from ravine.bench.config import load_suite
+
+    suite = load_suite(args.suite)
+    if args.seeds is not None:
+        suite = suite.model_copy(update={"seeds": list(range(args.seeds))})
+    out = Path(args.out or suite.output or Path("runs") / suite.name)
+    outcome = run_suite(suite, out, quiet=True if args.quiet else None)
+    print(f"{outcome.executed} runs done, {outcome.skipped} already finished; "
+          f"report: {outcome.report}")
+    return 0
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """``ravine compare`` with the arguments ``argv``; returns the exit status."""
+    return _guarded("compare", argv, compare_parser(), _compare)
+
+
+def _trial_printer(quiet: bool) -> list[Callable[..., None]]:
+    if quiet:
+        return []
+
+    def show(study: Any, trial: Any) -> None:
+        value = "" if trial.value is None else f" value {trial.value:.5g}"
+        params = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                           for k, v in trial.params.items())
+        print(f"trial {trial.number}: {trial.state.name.lower()}{value} ({params})",
+              file=sys.stderr)
+
+    return [show]
+
+
+def _tune(args: argparse.Namespace) -> int:
+    import optuna
+
+    from ravine.bench import tune
+    from ravine.bench.config import ConfigError, load_study, read_yaml
+
+    path = Path(args.config)
+    raw = read_yaml(path)
+    benchmark = "problem" in raw
+    spec = load_study(raw) if benchmark else None
+    out = Path(args.out or (spec.output if spec and spec.output else None)
+               or Path("runs") / f"tune-{path.stem}")
+    name = args.study or path.stem
+    trials = args.trials or (spec.trials if spec else 20)
+    shared = args.storage is not None
+    storage = tune.open_storage(args.storage, out / "study.db")
+    quiet = args.quiet or not sys.stderr.isatty()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+    if spec is not None:
+        if args.monitor is not None:
+            raise ConfigError("--monitor is for train configs; a benchmark problem has its own")
+        from ravine.bench.problems import build
+
+        problem = build(spec.problem)
+        monitor, mode, epochs = problem.monitor, problem.mode, problem.epochs
+        objective = tune.problem_objective(problem, spec.optimizer, seed=spec.seed,
+                                           pruning=spec.pruning)
+        pruning, seed = spec.pruning, spec.seed
+    else:
+        study_spec = tune.TrainStudy.from_raw(raw, args.monitor)
+        monitor, mode, epochs = study_spec.monitor, study_spec.mode, study_spec.epochs
+        objective = study_spec.objective(pruning=True)
+        pruning, seed = True, int(raw.get("seed", 0) or 0)
+
+    # Workers sharing a storage sample independently; a lone study stays reproducible, and a
+    # rerun continues it with a fresh stream.
+    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+    done = (len(optuna.load_study(study_name=name, storage=storage).trials)
+            if name in existing else 0)
+    study = tune.run_trials(
+        objective, storage=storage, study_name=name, mode=mode, trials=trials,
+        sampler_seed=None if shared else seed + done, pruning=pruning, epochs=epochs,
+        callbacks=_trial_printer(quiet),
+    )
+
+    if spec is not None:
+        best = tune.best_suite(spec, study, name=f"{name}-best")
+    else:
+        run_dir = raw.get("run_dir") or str(Path("runs") / f"{path.stem}-best")
+        best = study_spec.best_config(study, run_dir=run_dir)
+    tune.write_yaml_atomic(best, out / "best.yaml")
+    finished = tune.finished_trials(study)
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in finished)
+    print(f"# study {name!r}: {len(finished)} finished trials ({pruned} pruned); best "
+          f"{monitor} {study.best_value:.5g} (trial {study.best_trial.number}); "
+          f"written to {out / 'best.yaml'}")
+    print(yaml.safe_dump(best, sort_keys=False), end="")
+    return 0
+
+
+def tune_main(argv: Sequence[str]) -> int:
+    """``ravine tune`` with the arguments ``argv``; returns the exit status."""
+    return _guarded("tune", argv, tune_parser(), _tune)

@@ -1,0 +1,411 @@
+"""Hyperparameter search with Optuna: the study plumbing behind ``ravine tune`` and the
+learning-rate tuning of ``ravine compare``.
+
+Every trial samples the searched hyperparameters (TPE sampler), trains once, and reports the
+problem's validation metric after every epoch; a median pruner stops trials whose intermediate
+value is worse than the median of earlier trials at the same epoch (``optuna.TrialPruned``
+raised from the training callback). The trial's value is the metric after the last epoch; a
+diverged run gets the worst possible value (``inf`` when minimizing, ``-inf`` when maximizing),
+so the sampler learns to avoid that region rather than ignoring it.
+
+Storage (:func:`open_storage`): by default an SQLite file in the run directory; ``--storage``
+takes an RDB URL (``sqlite:///study.db``, ``postgresql://user@host/db``) or ``journal:PATH`` for
+an Optuna journal file (``JournalStorage(JournalFileBackend(PATH))``, safe for several processes
+on one file system). Several processes running the same command against one storage and study
+name share the study: each runs its ``--trials`` trials, and every trial is recorded once.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from pydantic import ValidationError
+
+from ravine.bench.config import (
+    ConfigError,
+    OptimizerSpec,
+    SearchSpace,
+    StudySpec,
+    format_validation_error,
+)
+from ravine.bench.problems import Callback, Problem, RunResult
+
+__all__ = [
+    "DEFAULT_LR_SPACE",
+    "RDB_SCHEMES",
+    "open_storage",
+    "worst_value",
+    "objective_value",
+    "pruning_callback",
+    "sample_hyperparameters",
+    "problem_objective",
+    "make_sampler",
+    "make_pruner",
+    "finished_trials",
+    "fail_stale_trials",
+    "run_trials",
+    "best_suite",
+    "write_yaml_atomic",
+    "find_search_spaces",
+    "substitute",
+    "TrainStudy",
+    "MONITORS",
+]
+
+DEFAULT_LR_SPACE = SearchSpace(search="log", low=1e-4, high=1.0)
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+
+
+def open_storage(url: str | None, default: str | Path) -> optuna.storages.BaseStorage:
+    """The Optuna storage named by ``url`` (see the module docstring); ``None`` gives an SQLite
+    file at ``default``.
+
+    Raises:
+        ValueError: for a URL that is neither ``journal:PATH`` nor an RDB URL.
+    """
+    if url is None:
+        Path(default).parent.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{Path(default)}"
+    if url.startswith("journal:"):
+        path = url.removeprefix("journal:")
+        if not path:
+            raise ValueError("storage 'journal:PATH' needs a file path after 'journal:'")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(path))
+    scheme = url.split("://", 1)[0].split("+", 1)[0]
+    if "://" not in url or scheme not in RDB_SCHEMES:
+        raise ValueError(
+            f"storage must be 'journal:PATH' or an RDB URL such as sqlite:///study.db or "
+            f"postgresql://user@host/db, got {url!r}"
+        )
+    return optuna.storages.RDBStorage(url)
+
+
+def worst_value(mode: str) -> float:
+    """The worst possible objective value for a metric to minimize or maximize."""
+    return math.inf if mode == "min" else -math.inf
+
+
+def _clean(value: Any, mode: str) -> float:
+    value = float(value) if isinstance(value, (int, float)) else math.nan
+    return value if math.isfinite(value) else worst_value(mode)
+
+
+def objective_value(problem: Problem, result: RunResult) -> float:
+    """The trial value of a run: the monitor after its last epoch (worst when diverged)."""
+    if result.diverged or not result.history:
+        return worst_value(problem.mode)
+    return _clean(result.history[-1].get(problem.monitor), problem.mode)
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def pruning_callback(trial: optuna.Trial, problem: Problem | TrainStudy) -> Callback:
+    """A training callback reporting the monitor to ``trial`` and pruning when Optuna says so.
+
+    ``problem`` is anything with ``monitor`` and ``mode`` attributes."""
+
+    def report(epoch: int, record: dict[str, Any]) -> None:
+        trial.report(_clean(record.get(problem.monitor), problem.mode), epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+
+    return report
+
+
+def sample_hyperparameters(
+    trial: optuna.Trial, optimizer: OptimizerSpec, default_lr: SearchSpace = DEFAULT_LR_SPACE
+) -> tuple[float, dict[str, Any]]:
+    """``(lr, other hyperparameters)`` for one trial: searched values sampled, fixed ones kept.
+
+    An optimizer without an ``lr`` is searched over ``default_lr``.
+    """
+    lr = optimizer.lr if optimizer.lr is not None else default_lr
+    lr_value = lr.suggest(trial, "lr") if isinstance(lr, SearchSpace) else float(lr)
+    hp = optimizer.fixed()
+    for name, space in optimizer.searched().items():
+        if name != "lr":
+            hp[name] = space.suggest(trial, name)
+    return lr_value, hp
+
+
+def problem_objective(
+    problem: Problem,
+    optimizer: OptimizerSpec,
+    *,
+    seed: int,
+    pruning: bool,
+    default_lr: SearchSpace = DEFAULT_LR_SPACE,
+) -> Callable[[optuna.Trial], float]:
+    """The Optuna objective training ``problem`` once per trial with ``optimizer``."""
+
+    def objective(trial: optuna.Trial) -> float:
+        lr, hp = sample_hyperparameters(trial, optimizer, default_lr)
+        callbacks = [pruning_callback(trial, problem)] if pruning else []
+        result = problem.run(optimizer.name, lr, hp, seed=seed, callbacks=callbacks)
+        trial.set_user_attr("final", {k: float(v) for k, v in result.final.items()})
+        trial.set_user_attr("diverged", result.diverged)
+        trial.set_user_attr("epochs", len(result.history))
+        return objective_value(problem, result)
+
+    return objective
+
+
+def make_sampler(seed: int | None, trials: int) -> optuna.samplers.TPESampler:
+    """TPE with about half the budget (at most 10 trials) spent on random start-up trials."""
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 2)))
+
+
+def make_pruner(pruning: bool, epochs: int) -> optuna.pruners.BasePruner:
+    """Median pruning once 5 trials have finished, never in the first quarter of the epochs."""
+    if not pruning:
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=max(0, epochs // 4))
+
+
+def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The study's complete and pruned trials."""
+    return study.get_trials(deepcopy=False, states=FINISHED)
+
+
+def fail_stale_trials(study: optuna.Study) -> int:
+    """Mark trials left RUNNING by a killed process as FAIL; returns how many.
+
+    Only for a study no other process is working on (``ravine compare``'s own studies).
+    """
+    stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in stale:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(stale)
+
+
+def run_trials(
+    objective: Callable[[optuna.Trial], float],
+    *,
+    storage: optuna.storages.BaseStorage,
+    study_name: str,
+    mode: str,
+    trials: int,
+    sampler_seed: int | None,
+    pruning: bool,
+    epochs: int,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> optuna.Study:
+    """Create or join the study ``study_name`` in ``storage`` and run ``trials`` trials.
+
+    Other processes may add trials to the same study at the same time; each trial is recorded
+    once. ``mode`` says whether the objective is minimized (``"min"``) or maximized.
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name,
+        direction="minimize" if mode == "min" else "maximize",
+        sampler=make_sampler(sampler_seed, trials),
+        pruner=make_pruner(pruning, epochs),
+        load_if_exists=True,
+    )
+    study.optimize(objective, n_trials=trials, callbacks=list(callbacks))
+    return study
+
+
+def best_suite(spec: StudySpec, study: optuna.Study, *, name: str, seeds: int = 5) -> dict:
+    """A ``ravine compare`` suite running the best trial's configuration on ``seeds`` seeds.
+
+    Raises:
+        ValueError: when no trial of the study has completed.
+    """
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if not complete:
+        raise ValueError(f"study {study.study_name!r} has no completed trial yet")
+    best = study.best_trial
+    opt = spec.optimizer
+    entry: dict[str, Any] = {"name": opt.name}
+    if opt.label != opt.name:
+        entry["label"] = opt.label
+    entry["lr"] = float(best.params["lr"]) if "lr" in best.params else opt.lr
+    entry.update({k: _plain(v) for k, v in opt.fixed().items()})
+    entry.update({k: _plain(v) for k, v in best.params.items() if k != "lr"})
+    problem = spec.problem.model_dump(exclude_none=True, exclude_defaults=True)
+    problem = {"kind": spec.problem.kind, **problem}
+    return {
+        "name": name,
+        "seeds": seeds,
+        "problems": [problem],
+        "optimizers": [entry],
+        "tuning": {"method": "none"},
+    }
+
+
+# --------------------------------------------------------------------------- train configs
+
+
+def find_search_spaces(raw: dict[str, Any], prefix: str = "") -> dict[str, SearchSpace]:
+    """The search spaces in a ``ravine train`` config, by dotted key (``optimizer.lr``).
+
+    A search space is a mapping with a ``search`` key anywhere a value goes.
+
+    Raises:
+        ConfigError: for a malformed search space (one line naming its key).
+    """
+    spaces: dict[str, SearchSpace] = {}
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and "search" in value:
+            try:
+                spaces[path] = SearchSpace.model_validate(value)
+            except ValidationError as exc:
+                message = format_validation_error(exc, SearchSpace)
+                raise ConfigError(f"{path}: {message.removeprefix('config: ')}") from None
+        elif isinstance(value, dict):
+            spaces.update(find_search_spaces(value, f"{path}."))
+    return spaces
+
+
+def substitute(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``raw`` with the value at every dotted key of ``values`` replaced."""
+    out = copy.deepcopy(raw)
+    for path, value in values.items():
+        node = out
+        *parents, last = path.split(".")
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    return out
+
+
+def _placeholder(space: SearchSpace) -> Any:
+    if space.search == "categorical":
+        return (space.choices or [None])[0]
+    return int(space.low) if space.search == "int" else space.low  # type: ignore[arg-type]
+
+
+@dataclass
+class TrainStudy:
+    """A ``ravine train`` config with search spaces, ready to be tuned.
+
+    Attributes:
+        raw: the config as read (search spaces included).
+        spaces: the search spaces by dotted key.
+        monitor: the validation metric the trials are judged by; ``mode`` its direction.
+        epochs: the epoch budget of a trial.
+    """
+
+    raw: dict[str, Any]
+    spaces: dict[str, SearchSpace]
+    monitor: str
+    mode: str
+    epochs: int
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, Any], monitor: str | None = None) -> TrainStudy:
+        """Check ``raw`` (a train config) and pick the monitor.
+
+        The default monitor is the early-stopping monitor when one is configured, else
+        ``val_acc`` for ``cross_entropy`` and ``val_loss`` for ``mse``.
+
+        Raises:
+            ConfigError: for an invalid config, no search space or no validation split.
+        """
+        from ravine.config import validate_config
+
+        spaces = find_search_spaces(raw)
+        if not spaces:
+            raise ConfigError(
+                "the config searches nothing; mark a value as searchable, e.g. "
+                "optimizer: {name: adam, lr: {search: log, low: 1.0e-4, high: 1.0}}"
+            )
+        config = validate_config(substitute(raw, {k: _placeholder(v) for k, v in spaces.items()}))
+        if config.data.val_fraction == 0:
+            raise ConfigError("tuning needs a validation split: set data.val_fraction > 0")
+        if monitor is None and config.early_stopping is not None:
+            monitor = config.early_stopping.monitor
+        if monitor is None:
+            monitor = "val_acc" if config.loss == "cross_entropy" else "val_loss"
+        if monitor not in MONITORS:
+            raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}"
+                              f"{_did_you_mean(monitor, list(MONITORS))}")
+        mode = "max" if monitor.endswith("acc") else "min"
+        return cls(raw=raw, spaces=spaces, monitor=monitor, mode=mode, epochs=config.epochs)
+
+    def objective(self, *, pruning: bool) -> Callable[[optuna.Trial], float]:
+        """The Optuna objective: train the config with sampled values, as ``ravine train``
+        would (same seed, split and initialization), without writing a run directory."""
+        import torch
+
+        from ravine.config import validate_config
+        from ravine.train import NonFiniteLossError, fit
+
+        def objective(trial: optuna.Trial) -> float:
+            values = {path: space.suggest(trial, path) for path, space in self.spaces.items()}
+            config = validate_config(substitute(self.raw, values))
+            splits = config.data.load(config.seed)
+            torch.manual_seed(config.seed)
+            model = config.model.build(splits)
+            options = {**config.fit_options(), "run_dir": None}
+            callbacks = [pruning_callback(trial, self)] if pruning else []  # type: ignore[arg-type]
+            history: list[dict[str, Any]] = []
+            try:
+                result = fit(model, splits.train, splits.val, test=None, **options, quiet=True,
+                             callbacks=[lambda epoch, record: history.append(record), *callbacks])
+            except NonFiniteLossError:
+                trial.set_user_attr("diverged", True)
+                return worst_value(self.mode)
+            values_seen = [_clean(r.get(self.monitor), self.mode) for r in result.history]
+            if config.early_stopping is not None and config.early_stopping.restore_best:
+                # the deployed model is the best epoch's, so that is what the trial is worth
+                return min(values_seen) if self.mode == "min" else max(values_seen)
+            return values_seen[-1]
+
+        return objective
+
+    def best_config(self, study: optuna.Study, run_dir: str | None = None) -> dict[str, Any]:
+        """The config with the best trial's values, ready for ``ravine train``.
+
+        Raises:
+            ValueError: when no trial has completed.
+        """
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if not complete:
+            raise ValueError(f"study {study.study_name!r} has no completed trial yet")
+        best = substitute(self.raw, {k: _plain(v) for k, v in study.best_trial.params.items()})
+        if run_dir is not None:
+            best["run_dir"] = run_dir
+        return best
+
+
+MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def write_yaml_atomic(data: dict[str, Any], path: str | Path) -> None:
+    """Write ``data`` as YAML to ``path`` via a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,169 @@
+"""The ``ravine`` command line.
+
+Commands:
+
+``ravine train CONFIG.yaml [--set KEY=VALUE ...] [--resume] [--overwrite] [--quiet]``
+    Train as the YAML file says (format: :mod:`ravine.config`) and write a run directory.
+``ravine demo [--out DIR] [--quick] [--seed N] [--jobs N]``
+    Compare the lecture's optimizers on MNIST-1D (:mod:`ravine.train.demo`).
+
+Exit status:
+
+* 0 — success;
+* 2 — a usage error: a bad config, option or value, a missing or unreadable data file, a missing,
+  truncated, foreign or mismatched checkpoint, a run directory already in use. One line on
+  standard error, no traceback (``--debug`` shows it);
+* 3 — training stopped on a non-finite loss (the message names the step; the last good
+  checkpoint is intact);
+* 130 — interrupted (Ctrl-C); ``--resume`` continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main", "EXIT_USAGE", "EXIT_NONFINITE", "EXIT_INTERRUPTED"]
+
+EXIT_USAGE = 2
+EXIT_NONFINITE = 3
+EXIT_INTERRUPTED = 130
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from ravine.config import load_config
+    from ravine.train import fit
+
+    config = load_config(args.config, args.set)
+    splits = config.data.load(config.seed)
+    # The model's initial weights come from the run's seed, like everything else.
+    torch.manual_seed(config.seed)
+    model = config.model.build(splits)
+    result = fit(
+        model,
+        splits.train,
+        splits.val,
+        test=splits.test,
+        **config.fit_options(),
+        quiet=True if args.quiet else None,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        config=config.model_dump(mode="json", exclude_none=True),
+    )
+    line = f"trained {len(result.history)} epochs in {result.wall_time:.1f} s"
+    if result.stopped_early:
+        line += " (stopped early)"
+    if result.best_epoch is not None:
+        line += f"; best epoch {result.best_epoch} ({result.monitor} {result.best_metric:.4g})"
+    if result.test:
+        line += "; " + ", ".join(f"{k} {v:.4g}" for k, v in result.test.items())
+    print(line)
+    print(f"report: {Path(config.run_dir) / 'report.md'}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from ravine.train.demo import run_demo
+
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs,
+                      quiet=args.quiet)
+    print(f"report: {report}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``ravine`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ravine",
+        description="Optimizing neural networks with PyTorch: train, compare, diagnose.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train from a YAML config and write a run directory")
+    train.add_argument("config", help="run configuration (YAML); see ravine.config")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key, e.g. --set optimizer.lr=0.1 (repeatable)")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in run_dir from checkpoints/last.pt")
+    train.add_argument("--overwrite", action="store_true",
+                       help="replace a previous run's files in run_dir")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    train.set_defaults(handler=_train)
+
+    demo = commands.add_parser("demo", help="compare the lecture's optimizers on MNIST-1D")
+    demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    demo.add_argument("--quick", action="store_true", help="a few seconds' reduced version")
+    demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
+    demo.add_argument("--jobs", type=_positive_int, default=None,
+                      help="parallel training processes (default: up to 2, one per core)")
+    demo.add_argument("--quiet", action="store_true", help="no per-run progress lines")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    demo.set_defaults(handler=_demo)
+
+    commands.add_parser("compare", help="benchmark optimizers on a suite (ravine compare -h)")
+    commands.add_parser("tune", help="tune hyperparameters with Optuna (ravine tune -h)")
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ravine`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    from ravine.config import ConfigError
+    from ravine.train import CheckpointError, NonFiniteLossError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # compare, tune and diagnose parse their own arguments.
+    delegated = {"compare": "ravine.bench.cli:compare_main", "tune": "ravine.bench.cli:tune_main"}
+    if argv and argv[0] in delegated:
+        module, func = delegated[argv[0]].split(":")
+        return getattr(importlib.import_module(module), func)(argv[1:])
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except NonFiniteLossError as exc:
+        if args.debug:
+            raise
+        print(f"ravine {args.command}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except KeyboardInterrupt:
+        print(f"ravine {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ConfigError, CheckpointError, ValueError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"ravine {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

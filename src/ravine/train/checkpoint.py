@@ -1,0 +1,132 @@
+"""Atomic checkpoint files and the random-number-generator states they carry.
+
+A checkpoint is one ``torch.save`` file holding a plain dictionary (tensors, numbers, strings,
+lists, dicts) so that it loads with ``torch.load(weights_only=True)``: no pickled code is ever
+executed when a run is resumed. It is written atomically: to a temporary file in the same
+directory, flushed and ``fsync``-ed, then renamed over the old file with :func:`os.replace`, and
+the directory is ``fsync``-ed so the rename itself survives a crash. A process killed at any
+moment therefore leaves either the previous checkpoint or the new one, never a torn file.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "rng_state",
+    "set_rng_state",
+]
+
+FORMAT = "ravine-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint is missing, truncated, corrupted, foreign or does not fit the run."""
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    """Write ``payload`` (plus the format marker) to ``path`` atomically.
+
+    The temporary file lives next to ``path`` so that the final :func:`os.replace` is a rename
+    within one file system, which POSIX makes atomic.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # One writer per run directory (rank 0), so a fixed name suffices; a file left behind by a
+    # killed process is simply overwritten by the next save.
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint`, safely (``weights_only=True``).
+
+    Raises:
+        CheckpointError: with a one-line message when the file is missing, cannot be read as a
+            torch file (truncated or corrupted), or is not a ravine checkpoint of this version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several unrelated types for damaged files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupted ({type(exc).__name__}: {reason})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a ravine checkpoint")
+    if payload.get("version") != VERSION:
+        raise CheckpointError(
+            f"checkpoint {path} has format version {payload.get('version')!r}; "
+            f"this ravine reads version {VERSION}"
+        )
+    return payload
+
+
+def rng_state() -> dict[str, Any]:
+    """The states of Python's, NumPy's and torch's global generators as weights-only types."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": {"version": version, "state": list(py_state), "gauss_next": py_gauss},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the generator states captured by :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    npy = state["numpy"]
+    np.random.set_state(
+        (
+            npy["kind"],
+            npy["keys"].numpy().astype(np.uint32),
+            npy["pos"],
+            npy["has_gauss"],
+            npy["cached_gaussian"],
+        )
+    )
+    py = state["python"]
+    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

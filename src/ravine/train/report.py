@@ -1,0 +1,164 @@
+"""Plots and ``report.md`` of a run directory, rebuilt from its ``metrics.jsonl``.
+
+Figures are drawn on :class:`matplotlib.figure.Figure` objects with the Agg canvas directly, so
+making a report never touches pyplot's global backend (safe inside notebooks and servers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ravine.train.metrics import read_metrics
+
+__all__ = ["line_plot", "write_report", "markdown_table"]
+
+Series = tuple[str, Sequence[float], Sequence[float | None]]
+
+
+def line_plot(
+    path: str | os.PathLike[str],
+    series: Sequence[Series],
+    *,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    hline: tuple[float, str] | None = None,
+    logy: bool = False,
+) -> Path:
+    """Save a PNG with one line per ``(label, xs, ys)``; ``None`` values leave gaps.
+
+    ``hline=(value, label)`` draws a dashed horizontal reference line (e.g. the clip threshold).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for label, xs, ys in series:
+        ax.plot(list(xs), [math.nan if v is None else v for v in ys], label=label, lw=1.4)
+    if hline is not None:
+        ax.axhline(hline[0], color="tab:red", ls="--", lw=1.2, label=hline[1])
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(series) > 1 or hline is not None:
+        ax.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    return path
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return "-" if value is None else str(value)
+
+
+def _column(records: list[dict[str, Any]], key: str) -> list[Any]:
+    return [r.get(key) for r in records]
+
+
+def _describe(section: Any) -> str:
+    """``nesterov (lr=0.05, momentum=0.9)`` from an optimizer or schedule section."""
+    if isinstance(section, str):
+        return section
+    if not isinstance(section, dict):
+        return "-"
+    options = ", ".join(f"{k}={v}" for k, v in section.items() if k != "name" and v is not None)
+    return f"{section.get('name', '?')} ({options})" if options else str(section.get("name", "?"))
+
+
+def write_report(run_dir: str | os.PathLike[str]) -> Path:
+    """Draw ``plots/*.png`` and write ``report.md`` for the run in ``run_dir``.
+
+    Plots: ``loss.png`` and ``accuracy.png`` (train vs validation per epoch), ``lr.png`` (per
+    logged step) and ``grad_norm.png`` (pre-clip global norm per logged step, with the clip
+    threshold). Returns the path of ``report.md``.
+    """
+    root = Path(run_dir)
+    epochs, steps, summary = read_metrics(root / "metrics.jsonl")
+    config_path = root / "config.yaml"
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    config = config or {}
+    plots = root / "plots"
+    made: list[tuple[str, str]] = []
+
+    ep = _column(epochs, "epoch")
+    loss_series = [("train", ep, _column(epochs, "train_loss"))]
+    if any("val_loss" in r for r in epochs):
+        loss_series.append(("validation", ep, _column(epochs, "val_loss")))
+    if epochs:
+        line_plot(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss")
+        made.append(("Loss", "plots/loss.png"))
+    if any("train_acc" in r for r in epochs):
+        acc_series = [("train", ep, _column(epochs, "train_acc"))]
+        if any("val_acc" in r for r in epochs):
+            acc_series.append(("validation", ep, _column(epochs, "val_acc")))
+        line_plot(plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy",
+                  title="Accuracy")
+        made.append(("Accuracy", "plots/accuracy.png"))
+    if steps:
+        st = _column(steps, "step")
+        line_plot(plots / "lr.png", [("lr", st, _column(steps, "lr"))], xlabel="step",
+                  ylabel="learning rate", title="Learning rate")
+        made.append(("Learning rate", "plots/lr.png"))
+        norms = _column(steps, "grad_norm")
+        if any(v is not None for v in norms):
+            clip = summary.get("clip_norm")
+            line_plot(plots / "grad_norm.png", [("pre-clip norm", st, norms)], xlabel="step",
+                      ylabel="gradient norm", title="Gradient norm", logy=True,
+                      hline=None if clip is None else (clip, f"clip_norm = {clip:g}"))
+            made.append(("Gradient norm", "plots/grad_norm.png"))
+
+    rows: list[tuple[str, Any]] = [
+        ("optimizer", _describe(config.get("optimizer"))),
+        ("schedule", _describe(config.get("schedule"))),
+        ("epochs run", f"{summary.get('epochs_run', len(epochs))} of {config.get('epochs', '?')}"
+                       + (" (stopped early)" if summary.get("stopped_early") else "")),
+    ]
+    if summary.get("best_epoch") is not None:
+        rows.append(("best epoch", f"{summary['best_epoch']} ({summary['monitor']} = "
+                                   f"{_cell(summary['best_metric'])})"))
+    if epochs:
+        last = epochs[-1]
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
+            if key in last:
+                rows.append((f"final {key}", last[key]))
+    if summary.get("returned_epoch") is not None:
+        rows.append(("returned weights", f"epoch {summary['returned_epoch']}"
+                     + (" (best, restored)" if summary["returned_epoch"] != len(epochs) else "")))
+    for key in ("test_loss", "test_acc"):
+        if key in summary:
+            rows.append((f"{key} (returned weights)", summary[key]))
+    if "wall_time" in summary:
+        rows.append(("wall time", f"{summary['wall_time']:.1f} s"))
+
+    parts = [f"# Run report: {root.name}", "", markdown_table(["", ""], rows), ""]
+    if epochs:
+        keys = [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
+                            "grad_norm", "time") if k in epochs[0]]
+        shown = epochs if len(epochs) <= 12 else epochs[:3] + epochs[-9:]
+        parts += ["## Epochs" + (" (first 3 and last 9)" if shown is not epochs else ""), "",
+                  markdown_table(keys, [[r.get(k) for k in keys] for r in shown]), ""]
+    for title, rel in made:
+        parts += [f"## {title}", "", f"![{title}]({rel})", ""]
+    report = root / "report.md"
+    report.write_text("\n".join(parts), encoding="utf-8")
+    return report

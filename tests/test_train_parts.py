@@ -1,0 +1,180 @@
+"""The trainer's parts: checkpoints, RNG states, early stopping, losses, the metrics log."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ravine.train import CheckpointError, EarlyStopping, load_checkpoint, save_checkpoint
+from ravine.train.checkpoint import rng_state, set_rng_state
+from ravine.train.metrics import MetricsLog, evaluate_sums, read_metrics, resolve_loss
+
+
+def test_checkpoint_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
+    path = tmp_path / "ck" / "last.pt"
+    payload = {"w": torch.randn(3, 4, dtype=torch.float64), "step": 7, "hist": [{"a": 1.5}]}
+    save_checkpoint(payload, path)
+    save_checkpoint({**payload, "step": 8}, path)  # replaces the previous one
+    loaded = load_checkpoint(path)
+    assert torch.equal(loaded["w"], payload["w"]) and loaded["step"] == 8
+    assert loaded["hist"] == payload["hist"]
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_load_refuses_missing_truncated_foreign_and_pickled_code(tmp_path):
+    path = tmp_path / "last.pt"
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(path)
+    save_checkpoint({"w": torch.zeros(100)}, path)
+    data = path.read_bytes()
+    for cut in (len(data) // 3, len(data) - 10):
+        path.write_bytes(data[:cut])
+        with pytest.raises(CheckpointError, match="truncated or corrupted"):
+            load_checkpoint(path)
+    path.write_bytes(b"not a torch file at all")
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)
+    torch.save({"model": {}}, path)
+    with pytest.raises(CheckpointError, match="not a ravine checkpoint"):
+        load_checkpoint(path)
+    torch.save({"format": "ravine-checkpoint", "version": 99}, path)
+    with pytest.raises(CheckpointError, match="format version 99"):
+        load_checkpoint(path)
+    # weights_only loading never runs pickled code: an arbitrary object is refused.
+    torch.save({"format": "ravine-checkpoint", "version": 1, "obj": _Custom()}, path)
+    with pytest.raises(CheckpointError, match="truncated or corrupted"):
+        load_checkpoint(path)
+
+
+class _Custom:
+    pass
+
+
+def test_rng_states_survive_a_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # leaves a cached Gaussian in NumPy's legacy state
+    save_checkpoint({"rng": rng_state()}, tmp_path / "r.pt")
+    expected = (random.random(), np.random.standard_normal(3), torch.rand(3))
+    random.seed(10)
+    np.random.seed(10)
+    torch.manual_seed(10)
+    set_rng_state(load_checkpoint(tmp_path / "r.pt")["rng"])
+    got = (random.random(), np.random.standard_normal(3), torch.rand(3))
+    assert got[0] == expected[0]
+    assert np.array_equal(got[1], expected[1])
+    assert torch.equal(got[2], expected[2])
+
+
+def reference_early_stopping(values, *, mode, patience, min_delta, start_from_epoch):
+    """Straight transcription: best so far, epochs since it, stop when that reaches patience."""
+    best, best_epoch, wait = None, None, 0
+    for epoch, value in enumerate(values, start=1):
+        if epoch <= start_from_epoch:
+            continue
+        better = math.isfinite(value) and (
+            best is None
+            or (value < best - min_delta if mode == "min" else value > best + min_delta)
+        )
+        if better:
+            best, best_epoch, wait = value, epoch, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return best_epoch, epoch
+    return best_epoch, None
+
+
+@pytest.mark.parametrize("mode", ["min", "max"])
+@pytest.mark.parametrize("patience, min_delta, start", [(0, 0.0, 0), (2, 0.0, 0), (3, 0.05, 2)])
+def test_early_stopping_matches_its_definition(mode, patience, min_delta, start):
+    rng = np.random.default_rng(patience * 10 + start)
+    for _ in range(30):
+        values = list(rng.normal(size=25).cumsum() * 0.1)
+        values[int(rng.integers(25))] = math.nan
+        monitor = "val_loss" if mode == "min" else "val_acc"
+        stopper = EarlyStopping(monitor, mode="auto", patience=patience, min_delta=min_delta,
+                                start_from_epoch=start)
+        assert stopper.mode == mode
+        stopped_at = None
+        for epoch, value in enumerate(values, start=1):
+            stopper.update(epoch, {monitor: value})
+            if stopper.should_stop:
+                stopped_at = epoch
+                break
+        assert (stopper.best_epoch, stopped_at) == reference_early_stopping(
+            values, mode=mode, patience=patience, min_delta=min_delta, start_from_epoch=start)
+
+
+def test_early_stopping_state_round_trip_and_validation():
+    a = EarlyStopping("val_loss", patience=3)
+    for epoch, value in enumerate([1.0, 0.5, 0.7], start=1):
+        a.update(epoch, {"val_loss": value})
+    b = EarlyStopping("val_loss", patience=3)
+    b.load_state_dict(a.state_dict())
+    for epoch, value in enumerate([0.6, 0.8, 0.9], start=4):
+        assert a.update(epoch, {"val_loss": value}) == b.update(epoch, {"val_loss": value})
+    assert a.state_dict() == b.state_dict() and b.should_stop
+    with pytest.raises(KeyError, match="'val_acc' is not in the epoch record"):
+        EarlyStopping("val_acc").update(1, {"val_loss": 1.0})
+    with pytest.raises(ValueError, match="patience must be an integer >= 0 or None, got -1"):
+        EarlyStopping(patience=-1)
+    with pytest.raises(ValueError, match="min_delta must be a number >= 0, got -0.1"):
+        EarlyStopping(min_delta=-0.1)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        EarlyStopping(mode="lowest")
+
+
+def test_evaluation_sums_equal_the_full_batch_means():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 4, generator=g, dtype=torch.float64)
+    y = torch.randint(0, 3, (37,), generator=g)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)).double()
+    model.train()
+    mean, summed = resolve_loss("cross_entropy")
+    sums = evaluate_sums(model, x, y, summed, batch_size=10, classification=True)
+    assert model.training  # mode restored
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert sums[0].item() == pytest.approx(F.cross_entropy(out, y).item() * 37, rel=1e-12)
+    assert sums[1].item() == (out.argmax(1) == y).sum().item()
+    assert sums[2].item() == 37
+    assert mean(out, y).item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-12)
+
+
+def test_mse_sum_is_the_sum_of_per_example_means():
+    g = torch.Generator().manual_seed(0)
+    out = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    y = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    mean, summed = resolve_loss("mse")
+    per_example = ((out - y) ** 2).mean(dim=1)
+    assert summed(out, y).item() == pytest.approx(per_example.sum().item(), rel=1e-12)
+    assert mean(out, y).item() == pytest.approx(per_example.mean().item(), rel=1e-12)
+    column = torch.randn(6, 1, generator=g, dtype=torch.float64)
+    assert mean(column, y[:, 0]).item() == pytest.approx(
+        ((column[:, 0] - y[:, 0]) ** 2).mean().item(), rel=1e-12)
+
+
+def test_metrics_log_truncates_to_the_checkpointed_offset(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    log = MetricsLog(path)
+    log.write({"kind": "step", "step": 1, "loss": 0.5})
+    offset = log.offset()
+    log.write({"kind": "step", "step": 2, "loss": math.nan})
+    log.close()
+    log = MetricsLog(path, truncate_to=offset)
+    log.write({"kind": "epoch", "epoch": 1, "val_loss": math.inf})
+    log.close()
+    epochs, steps, summary = read_metrics(path)
+    assert steps == [{"step": 1, "loss": 0.5}]
+    assert epochs == [{"epoch": 1, "val_loss": None}]  # strict JSON: non-finite becomes null
+    assert summary == {}
+    with pytest.raises(CheckpointError, match="does not belong to this checkpoint"):
+        MetricsLog(path, truncate_to=10_000)
