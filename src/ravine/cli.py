@@ -76,6 +76,12 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _diagnose(args: argparse.Namespace) -> int:
+    from ravine.train.diagnose import diagnose_command
+
+    return diagnose_command(args)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -125,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     demo.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     demo.set_defaults(handler=_demo)
+
+    diagnose = commands.add_parser(
+        "diagnose", help="curvature, gradient noise and advice at a run's checkpoint"
+    )
+    diagnose.add_argument("path", help="a run directory (or a training config)")
+    diagnose.add_argument("--checkpoint", choices=("init", "best", "last"), default="last",
+                          help="which weights to diagnose (default: last)")
+    diagnose.add_argument("--examples", type=_positive_int, default=2048,
+                          help="training examples the measurements use (default: 2048)")
+    diagnose.add_argument("--out", default=None, help="output folder (default: the run dir)")
+    diagnose.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    diagnose.set_defaults(handler=_diagnose)
 
     commands.add_parser("compare", help="benchmark optimizers on a suite (ravine compare -h)")
     commands.add_parser("tune", help="tune hyperparameters with Optuna (ravine tune -h)")

@@ -326,6 +326,15 @@ class RunConfig(_Section):
     log_every: int = Field(1, ge=1)
     device: str = "cpu"
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    diagnostics: dict[str, Any] | None = None
+
+    @field_validator("diagnostics")
+    @classmethod
+    def _known_diagnostics(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        from ravine.train.monitoring import DiagnosticsSchedule
+
+        DiagnosticsSchedule.from_option(value)
+        return value
 
     @field_validator("device")
     @classmethod
@@ -372,6 +381,7 @@ class RunConfig(_Section):
             "log_every": self.log_every,
             "device": self.device,
             "on_nonfinite": self.on_nonfinite,
+            "diagnostics": self.diagnostics,
         }
 
 

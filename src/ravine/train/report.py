@@ -127,6 +127,17 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
                       hline=None if clip is None else (clip, f"clip_norm = {clip:g}"))
             made.append(("Gradient norm", "plots/grad_norm.png"))
 
+    measured = [
+        {"step": r["step"], **{k.removeprefix("diag_"): v for k, v in r.items()
+                               if k.startswith("diag_")}}
+        for r in epochs if any(k.startswith("diag_") for k in r)
+    ]
+    if measured:
+        from ravine.diagnostics.plots import plot_history
+
+        plot_history(measured, plots / "diagnostics.png")
+        made.append(("Diagnostics during training", "plots/diagnostics.png"))
+
     rows: list[tuple[str, Any]] = [
         ("optimizer", _describe(config.get("optimizer"))),
         ("schedule", _describe(config.get("schedule"))),
@@ -159,6 +170,12 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
                   markdown_table(keys, [[r.get(k) for k in keys] for r in shown]), ""]
     for title, rel in made:
         parts += [f"## {title}", "", f"![{title}]({rel})", ""]
+    # Written by `ravine diagnose RUN_DIR`: curvature, noise and advice at one checkpoint.
+    diagnosed = root / "diagnostics.md"
+    if diagnosed.exists():
+        parts += [diagnosed.read_text(encoding="utf-8").strip(), "",
+                  "![Hessian spectrum](plots/hessian_spectrum.png)", "",
+                  "![Gradient noise](plots/gradient_noise.png)", ""]
     report = root / "report.md"
     report.write_text("\n".join(parts), encoding="utf-8")
     return report

@@ -57,6 +57,7 @@ from ravine.train.metrics import (
     resolve_loss,
     summarize,
 )
+from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.progress import TrainingProgress
 from ravine.train.report import write_report
 
@@ -241,6 +242,7 @@ def fit(
     quiet: bool | None = None,
     on_nonfinite: str = "stop",
     callbacks: Sequence[Callback] = (),
+    diagnostics: dict[str, Any] | bool | None = None,
     resume: bool = False,
     overwrite: bool = False,
     config: dict[str, Any] | None = None,
@@ -291,6 +293,10 @@ def fit(
             numbers drawn by the failed forward pass stay drawn) and goes on.
         callbacks: ``cb(epoch, record)`` called after each epoch's evaluation; exceptions
             propagate (e.g. ``optuna.TrialPruned``).
+        diagnostics: measure curvature and gradient noise during training, e.g.
+            ``dict(every=5, what=["lambda_max", "noise"], examples=512)`` (``True``: those
+            defaults); the numbers join the epoch records as ``diag_*`` and the report plots
+            them (see :mod:`ravine.train.monitoring`). Measuring never changes the training.
         resume: continue the run saved in ``run_dir`` from ``checkpoints/last.pt``; the other
             options must equal the original run's.
         overwrite: replace a previous run's files in ``run_dir`` (otherwise that is an error).
@@ -329,6 +335,8 @@ def fit(
     test_xy = None if test is None else _tensors(test, "test", device)
     classification = not torch.is_floating_point(y)
     mean_loss, summed_loss = resolve_loss(loss)
+    diag = DiagnosticsSchedule.from_option(diagnostics)
+    diag_batch = None if diag is None else diag.subset(x, y, seed)
 
     batches = data.batches(batching, x.shape[0], batch_size, seed=seed)
     total_steps = epochs * len(batches)
@@ -469,6 +477,13 @@ def fit(
                     with optim.true_params(opt):
                         record.update(_evaluate(model, val_xy, summed_loss, "val",
                                                 classification, ranks))
+                if diag is not None and diag.due(epoch + 1):
+                    # At the true θ, and without drawing from the training's random streams.
+                    with optim.true_params(opt), torch.random.fork_rng(
+                        devices=[device] if device.type == "cuda" else []
+                    ):
+                        record.update(diag.measure(model, mean_loss, diag_batch, lr=lr_used,
+                                                   batch_size=batch_size, seed=seed))
                 record["time"] = elapsed()
                 history.append(record)
                 log.write({"kind": "epoch", **record})

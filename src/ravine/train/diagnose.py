@@ -1,0 +1,149 @@
+"""``ravine diagnose RUN_DIR``: curvature, gradient noise and advice at a run's checkpoint.
+
+The model is rebuilt from the run's resolved ``config.yaml`` (the same data split and initial
+weights as training, both from the run's seed) and loaded from
+
+* ``init``: the initial weights (no checkpoint needed),
+* ``best``: ``checkpoints/best.pt`` (saved at the true parameters), or
+* ``last``: ``checkpoints/last.pt``; for the interim-point optimizers the parameters there are
+  ``θ + αv``, so the optimizer state is loaded too and the model moved to the true ``θ``.
+
+:func:`ravine.diagnostics.report` then writes ``diagnostics.json``, ``diagnostics.md`` and
+``plots/hessian_spectrum.png`` / ``plots/gradient_noise.png`` into the run directory, and
+``report.md`` is rewritten with the advice section. A training config (YAML) works too: its
+``run_dir`` is used when it holds a run, otherwise only ``init`` is possible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ravine.config import load_config, validate_config
+from ravine.train.checkpoint import CheckpointError, load_checkpoint
+from ravine.train.metrics import read_metrics, resolve_loss
+from ravine.train.report import write_report
+
+__all__ = ["diagnose_run", "CHECKPOINTS"]
+
+CHECKPOINTS = ("init", "best", "last")
+ADAPTIVE = ("adagrad", "rmsprop", "rmsprop-nesterov", "adam", "adamw")
+
+
+def _load(path: Path) -> tuple[Any, Path]:
+    """The run config and the run directory for a run directory or a config file."""
+    if path.is_dir():
+        config_path = path / "config.yaml"
+        if not config_path.exists():
+            raise ValueError(f"{path}: not a run directory (no config.yaml)")
+        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or "data" not in raw or "model" not in raw:
+            raise ValueError(
+                f"{config_path}: has no data/model sections (the run was started from Python); "
+                "call ravine.diagnostics.report(model, loss_fn, data, out_dir) instead"
+            )
+        return validate_config(raw, str(config_path)), path
+    if path.is_file():
+        config = load_config(path)
+        return config, Path(config.run_dir)
+    raise ValueError(f"{path}: no such run directory or config file")
+
+
+def _true_last_state(config: Any, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+    from ravine.train.trainer import _build_optimizer
+
+    options = config.fit_options()
+    opt, _ = _build_optimizer(
+        options["optimizer"], model, None, config.weight_decay, config.clip_norm
+    )
+    opt.load_state_dict(ckpt["optimizer"])
+    to_true = getattr(opt, "to_true_params", None)
+    if to_true is not None:
+        to_true()
+
+
+def diagnose_run(
+    path: str | Path,
+    *,
+    checkpoint: str = "last",
+    examples: int = 2048,
+    out: str | Path | None = None,
+    seed: int | None = None,
+) -> Any:
+    """Diagnose a run (see the module docstring); returns the :class:`DiagnosticsReport`.
+
+    Args:
+        path: a run directory written by ``ravine train`` or a training config file.
+        checkpoint: ``init``, ``best`` or ``last``.
+        examples: training examples the measurements use (at most).
+        out: where to write (default: the run directory).
+        seed: seed of the probes and subsets (default: the run's seed).
+    """
+    from ravine.diagnostics import report
+
+    if checkpoint not in CHECKPOINTS:
+        raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
+    config, root = _load(Path(path))
+    splits = config.data.load(config.seed)
+    torch.manual_seed(config.seed)
+    model = config.model.build(splits)
+    steps: list[dict[str, Any]] = []
+    epochs: list[dict[str, Any]] = []
+    if (root / "metrics.jsonl").exists():
+        epochs, steps, _ = read_metrics(root / "metrics.jsonl")
+    lr = config.optimizer.options().get("lr")
+    if checkpoint != "init":
+        ckpt_path = root / "checkpoints" / f"{checkpoint}.pt"
+        if not ckpt_path.exists():
+            raise CheckpointError(f"{ckpt_path}: no such checkpoint (has the run started?)")
+        ckpt = load_checkpoint(ckpt_path)
+        try:
+            model.load_state_dict(ckpt["model"])
+        except (KeyError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"{ckpt_path}: does not match the model in the run's config ({exc})"
+            ) from None
+        if checkpoint == "last":
+            _true_last_state(config, model, ckpt)
+            if steps:
+                lr = steps[-1]["lr"]
+        else:
+            at = [r for r in epochs if r.get("epoch") == ckpt.get("epoch")]
+            if at and at[0].get("lr") is not None:
+                lr = at[0]["lr"]
+    name = config.optimizer.name
+    clipped = [r["clipped"] for r in steps if r.get("clipped") is not None]
+    out_dir = Path(out) if out is not None else root
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = report(
+        model,
+        resolve_loss(config.loss)[0],
+        splits.train,
+        out_dir,
+        lr=lr,
+        batch_size=config.batch_size,
+        momentum=config.optimizer.options().get("momentum"),
+        adaptive=name in ADAPTIVE,
+        clip_fraction=(sum(clipped) / len(clipped)) if config.clip_norm and clipped else None,
+        max_examples=examples,
+        seed=config.seed if seed is None else seed,
+        title=f"Diagnostics at the {checkpoint} checkpoint",
+    )
+    if (out_dir / "metrics.jsonl").exists():
+        write_report(out_dir)
+    return result
+
+
+def diagnose_command(args: Any) -> int:
+    """The ``ravine diagnose`` handler: prints the label, the advice and the files written."""
+    result = diagnose_run(args.path, checkpoint=args.checkpoint, examples=args.examples,
+                          out=args.out)
+    c = result.classification
+    print(f"{args.path} ({args.checkpoint}): {c.label} — {c.reason}")
+    for sentence in result.advice:
+        print(f"- {sentence}")
+    print("wrote: " + ", ".join(str(f) for f in result.files))
+    return 0

@@ -1,0 +1,125 @@
+"""Diagnostics recorded during training: ``fit(..., diagnostics=dict(every=5, what=[...]))``.
+
+Every ``every`` epochs, after validation, :func:`ravine.diagnostics.measure` runs at the true
+parameters on a fixed random subset of the training set (``examples`` of them, drawn once from the
+run's seed) in evaluation mode, and its numbers join that epoch's record in ``metrics.jsonl``
+with a ``diag_`` prefix (``diag_lambda_max``, ``diag_lr_bound`` = 2/λmax, ``diag_b_simple``, ...).
+The run report then plots λmax against 2/lr, κ, B_simple and the full-subset gradient norm.
+
+The cost is a few dozen Hessian-vector products and one pass of per-example gradients over the
+subset; BENCHMARKS.md states the measured overhead at the default interval.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["DiagnosticsSchedule", "DEFAULT_WHAT", "PREFIX"]
+
+DEFAULT_WHAT = ("lambda_max", "noise")
+PREFIX = "diag_"
+
+
+@dataclass(frozen=True)
+class DiagnosticsSchedule:
+    """When and what to measure during training.
+
+    Attributes:
+        every: measure after every ``every``-th epoch (>= 1).
+        what: quantities for :func:`ravine.diagnostics.measure` (``loss``, ``grad_norm``,
+            ``lambda_max``, ``lambda_min``, ``trace``, ``noise``).
+        examples: size of the fixed training subset the measurements use (>= 2).
+        tol: relative Lanczos tolerance.
+        max_hvps: Hessian-vector product budget per measurement.
+    """
+
+    every: int = 5
+    what: tuple[str, ...] = DEFAULT_WHAT
+    examples: int = 512
+    tol: float = 1e-3
+    max_hvps: int = 60
+
+    @classmethod
+    def from_option(cls, option: Any) -> DiagnosticsSchedule | None:
+        """Build from fit's ``diagnostics=`` option: ``None``/``False``, ``True`` or a dict."""
+        if option is None or option is False:
+            return None
+        if option is True:
+            return cls()
+        if isinstance(option, cls):
+            return option
+        if not isinstance(option, dict):
+            raise ValueError(f"diagnostics must be a dict, True or None, got {option!r}")
+        valid = [f.name for f in fields(cls)]
+        for key in option:
+            if key not in valid:
+                close = difflib.get_close_matches(key, valid, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(
+                    f"unknown diagnostics option {key!r}{hint} (valid: {', '.join(valid)})"
+                )
+        options = dict(option)
+        if "what" in options:
+            what = options["what"]
+            options["what"] = (what,) if isinstance(what, str) else tuple(what)
+        schedule = cls(**options)
+        schedule._validate()
+        return schedule
+
+    def _validate(self) -> None:
+        from ravine.diagnostics.monitor import _check_what
+
+        for name, minimum in (("every", 1), ("examples", 2), ("max_hvps", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(
+                    f"diagnostics.{name} must be an integer >= {minimum}, got {value!r}"
+                )
+        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ValueError(f"diagnostics.tol must be > 0, got {self.tol!r}")
+        _check_what(self.what)
+
+    def due(self, epoch: int) -> bool:
+        """Whether to measure after ``epoch`` (1-based)."""
+        return epoch % self.every == 0
+
+    def subset(self, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, Tensor]:
+        """The fixed training subset: ``examples`` indices drawn once from ``seed``."""
+        n = x.shape[0]
+        if self.examples >= n:
+            return x, y
+        gen = torch.Generator().manual_seed(seed + 7919)
+        idx = torch.randperm(n, generator=gen)[: self.examples].to(x.device)
+        return x[idx], y[idx]
+
+    def measure(
+        self,
+        model: nn.Module,
+        loss_fn: Any,
+        batch: tuple[Tensor, Tensor],
+        *,
+        lr: float,
+        batch_size: int,
+        seed: int,
+    ) -> dict[str, Any]:
+        """Measure at the model's current parameters; keys carry the ``diag_`` prefix."""
+        from ravine.diagnostics import measure
+
+        numbers = measure(
+            model,
+            loss_fn,
+            batch,
+            self.what,
+            lr=lr,
+            batch_size=min(batch_size, batch[0].shape[0]),
+            seed=seed,
+            mode="eval",
+            tol=self.tol,
+            max_hvps=self.max_hvps,
+        )
+        return {PREFIX + k: v for k, v in numbers.items()}
