@@ -25,6 +25,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/fit_overhead.py
 	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/hessian_vs_pyhessian.py
+	$(PY) benchmarks/diagnostics_overhead.py
 	$(PY) benchmarks/collect.py
 
 lint: $(VENV)/.installed

@@ -2,8 +2,9 @@
 
 Every ``every`` epochs, after validation, :func:`ravine.diagnostics.measure` runs at the true
 parameters on a fixed random subset of the training set (``examples`` of them, drawn once from the
-run's seed) in evaluation mode, and its numbers join that epoch's record in ``metrics.jsonl``
-with a ``diag_`` prefix (``diag_lambda_max``, ``diag_lr_bound`` = 2/λmax, ``diag_b_simple``, ...).
+run's seed) in evaluation mode (batch norm on its running statistics, dropout off), and its
+numbers join that epoch's record in ``metrics.jsonl`` with a ``diag_`` prefix
+(``diag_lambda_max``, ``diag_lr_bound`` = 2/λmax, ``diag_b_simple``, ...).
 The run report then plots λmax against 2/lr, κ, B_simple and the full-subset gradient norm.
 
 The cost is a few dozen Hessian-vector products and one pass of per-example gradients over the
@@ -13,6 +14,7 @@ subset; BENCHMARKS.md states the measured overhead at the default interval.
 from __future__ import annotations
 
 import difflib
+import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,9 +40,9 @@ class DiagnosticsSchedule:
         max_hvps: Hessian-vector product budget per measurement.
     """
 
-    every: int = 5
+    every: int = 10
     what: tuple[str, ...] = DEFAULT_WHAT
-    examples: int = 512
+    examples: int = 256
     tol: float = 1e-3
     max_hvps: int = 60
 
@@ -110,16 +112,20 @@ class DiagnosticsSchedule:
         """Measure at the model's current parameters; keys carry the ``diag_`` prefix."""
         from ravine.diagnostics import measure
 
-        numbers = measure(
-            model,
-            loss_fn,
-            batch,
-            self.what,
-            lr=lr,
-            batch_size=min(batch_size, batch[0].shape[0]),
-            seed=seed,
-            mode="eval",
-            tol=self.tol,
-            max_hvps=self.max_hvps,
-        )
+        with warnings.catch_warnings():
+            # Training-time measurements are in eval mode by design (documented above); the
+            # per-call warning about batch norm / dropout would repeat every interval.
+            warnings.filterwarnings("ignore", message="batch norm/dropout")
+            numbers = measure(
+                model,
+                loss_fn,
+                batch,
+                self.what,
+                lr=lr,
+                batch_size=min(batch_size, batch[0].shape[0]),
+                seed=seed,
+                mode="eval",
+                tol=self.tol,
+                max_hvps=self.max_hvps,
+            )
         return {PREFIX + k: v for k, v in numbers.items()}
