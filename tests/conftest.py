@@ -5,9 +5,9 @@ import sys
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-# Under pytest-xdist each worker gets one torch thread: the workers already fill the cores, and
-# oversubscribed intra-op threads slow CPU training by an order of magnitude.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    import torch
+# One torch thread per test process: the tests use tiny tensors, `make test` runs two workers
+# that already fill the cores, and oversubscribed intra-op threads on a busy machine slow tiny
+# models down by one to two orders of magnitude.
+import torch  # noqa: E402
 
-    torch.set_num_threads(1)
+torch.set_num_threads(1)

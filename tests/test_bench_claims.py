@@ -18,13 +18,6 @@ from ravine.bench.config import load_suite
 EXAMPLE = Path(__file__).parents[1] / "examples" / "suites" / "quadratic-claims.yaml"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are far slower with several intra-op threads on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,11 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from ravine.bench import compare, problems
 from ravine.bench.cli import compare_main
 from ravine.bench.config import load_suite
 from ravine.bench.profile import performance_profile
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are far slower with several intra-op threads on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 SMALL = {
     "name": "small",

@@ -11,15 +11,6 @@ from ravine.bench import problems
 from ravine.bench.problems import DIVERGENCE_FACTOR
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are far slower with several intra-op threads on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quadratic_grad(curvature):
     return lambda x: curvature * x
 

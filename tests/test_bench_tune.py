@@ -8,23 +8,12 @@ import textwrap
 
 import optuna
 import pytest
-import torch
 import yaml
 
 from ravine.bench import compare, problems, tune
 from ravine.bench.cli import tune_main
 from ravine.bench.config import OptimizerSpec, load_suite
 from ravine.config import validate_config
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny models are far slower with several intra-op threads on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 WORKER = "import sys; from ravine.bench.cli import tune_main; sys.exit(tune_main(sys.argv[1:]))"
 

@@ -14,13 +14,6 @@ from ravine.diagnostics import HessianOperator, hvp
 BACKENDS = ["double-backward", "forward-over-reverse"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: more intra-op threads only contend with the other test workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def mlp(activation: type[nn.Module], seed: int = 0) -> nn.Module:

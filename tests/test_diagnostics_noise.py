@@ -18,16 +18,6 @@ from ravine.diagnostics import (
     per_example_gradients,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: more intra-op threads only contend with the other test workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 LOSS = nn.CrossEntropyLoss()
 
 

@@ -20,15 +20,6 @@ from ravine.diagnostics import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: more intra-op threads only contend with the other test workers."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def mlp(activation: type[nn.Module] | None, seed: int = 0) -> nn.Module:
     """8 -> 20 -> 4 (264 parameters); without activation, multinomial logistic regression."""
     torch.manual_seed(seed)

@@ -565,3 +565,35 @@ def test_compile_path_on_many_tensors_equals_foreach():
             opt.step()
         results.append(flat(params))
     assert rel_err(results[1], results[0]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", ["adagrad", "adam", "adamw"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_fused_kernel_path_equals_foreach_path(name, dtype):
+    problem = Problem(seed=11)
+    hp = dict(HP[name])
+    lrs = lr_schedule(hp.pop("lr"), 40)
+    runs = []
+    for fused in (True, False):
+        params = problem.params(dtype)
+        opt = optim.create(
+            name, params, fused=fused, weight_decay=0.02, clip_norm=4.0, **hp
+        )
+        assert opt._fused is fused
+        for lr in lrs:
+            for g in opt.param_groups:
+                g["lr"] = lr
+            problem.backward(params)
+            opt.step()
+        runs.append(flat(params))
+    assert rel_err(runs[0], runs[1]) <= (1e-12 if dtype == torch.float64 else 1e-5)
+
+
+def test_fused_option_validation():
+    p = [torch.zeros(2, requires_grad=True)]
+    assert optim.Adam(p)._fused is True
+    assert optim.Adam(p, compile=True)._fused is False
+    with pytest.raises(ValueError, match="alternatives"):
+        optim.Adam(p, fused=True, compile=True)
+    with pytest.raises(ValueError, match="no hyperparameter 'fused'"):
+        optim.create("momentum", p, fused=True)

@@ -129,6 +129,52 @@ def adam_update(
     addcdiv_scaled_(params, exp_avg, denom, -lr / bias_correction1)
 
 
+def _step_tensors(params: list[Tensor], step: int) -> list[Tensor]:
+    """The step count as torch's fused kernels take it (one float32 tensor, shared)."""
+    t = torch.tensor(float(step), dtype=torch.float32, device=params[0].device)
+    return [t] * len(params)
+
+
+def adagrad_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    sum_sq: list[Tensor],
+    *,
+    lr: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+) -> None:
+    """Algorithm 8.4 through ``torch._fused_adagrad_`` (one pass over the tensors)."""
+    torch._fused_adagrad_(
+        params, grads, sum_sq, _step_tensors(params, step),
+        lr=lr, lr_decay=0.0, weight_decay=weight_decay, eps=eps, maximize=False,
+    )
+
+
+def adam_fused(
+    params: list[Tensor],
+    grads: list[Tensor],
+    exp_avg: list[Tensor],
+    exp_avg_sq: list[Tensor],
+    *,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    decoupled: bool,
+    step: int,
+) -> None:
+    """Algorithm 8.7 through ``torch._fused_adam_`` / ``_fused_adamw_`` (one pass)."""
+    kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
+    kernel(
+        params, grads, exp_avg, exp_avg_sq, [], _step_tensors(params, step),
+        lr=lr, beta1=beta1, beta2=beta2, weight_decay=weight_decay, eps=eps,
+        amsgrad=False, maximize=False,
+    )
+
+
 class AdaGrad(RavineOptimizer):
     r"""AdaGrad, Algorithm 8.4.
 
@@ -141,13 +187,17 @@ class AdaGrad(RavineOptimizer):
         lr: global learning rate ``ε > 0``.
         eps: ``δ > 0`` (the book suggests ``1e-7``), added outside the root as in the box.
         weight_decay, clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        fused: ``None`` (default) runs torch's fused AdaGrad kernel on CPU/CUDA unless
+            ``compile`` is set; ``False`` uses the multi-tensor path.
 
     Equals ``torch.optim.Adagrad(lr_decay=0, initial_accumulator_value=0, eps=δ)``
     (torch's default ``eps`` is ``1e-10``).
     """
 
     _rule = staticmethod(adagrad_update)
+    _fused_rule = staticmethod(adagrad_fused)
     _buffers = ("sum_sq",)
+    _scalars = {"step": 0}
     _checks = {"lr": POSITIVE, "eps": POSITIVE, "weight_decay": NON_NEGATIVE}
 
     def __init__(
@@ -160,6 +210,7 @@ class AdaGrad(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -167,10 +218,17 @@ class AdaGrad(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            fused=fused,
         )
 
-    def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
+    def _hyper(self, group: dict[str, Any], step: int) -> dict[str, Any]:
         return dict(lr=group["lr"], eps=group["eps"], weight_decay=group["weight_decay"])
+
+    def _fused_hyper(self, group: dict[str, Any], step: int) -> dict[str, Any]:
+        return dict(self._hyper(group, step), step=step + 1)
+
+    def _advance(self, group: dict[str, Any], step: int) -> dict[str, Any]:
+        return {"step": step + 1}
 
 
 class RMSProp(RavineOptimizer):
@@ -310,11 +368,14 @@ class Adam(RavineOptimizer):
         eps: ``δ > 0``.
         weight_decay: ``λ >= 0``, L2 regularization (``λθ`` added to the gradient).
         clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        fused: ``None`` (default) runs torch's fused Adam kernel (the same update in one pass)
+            on CPU/CUDA unless ``compile`` is set; ``False`` uses the multi-tensor path.
 
     Equals ``torch.optim.Adam`` with the same arguments.
     """
 
     _rule = staticmethod(adam_update)
+    _fused_rule = staticmethod(adam_fused)
     _buffers = ("exp_avg", "exp_avg_sq")
     _scalars = {"step": 0}
     _checks = {"lr": POSITIVE, "betas": BETAS, "eps": POSITIVE, "weight_decay": NON_NEGATIVE}
@@ -331,6 +392,7 @@ class Adam(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -338,6 +400,7 @@ class Adam(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            fused=fused,
         )
 
     def _hyper(self, group: dict[str, Any], step: int) -> dict[str, Any]:
@@ -353,6 +416,18 @@ class Adam(RavineOptimizer):
             decoupled_decay=decay if self._decoupled else 0.0,
             bias_correction1=1.0 - beta1**t,
             bias_correction2_sqrt=(1.0 - beta2**t) ** 0.5,
+        )
+
+    def _fused_hyper(self, group: dict[str, Any], step: int) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        return dict(
+            lr=group["lr"],
+            beta1=beta1,
+            beta2=beta2,
+            eps=group["eps"],
+            weight_decay=group["weight_decay"],
+            decoupled=self._decoupled,
+            step=step + 1,
         )
 
     def _advance(self, group: dict[str, Any], step: int) -> dict[str, Any]:
@@ -382,6 +457,7 @@ class AdamW(Adam):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -392,4 +468,5 @@ class AdamW(Adam):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            fused=fused,
         )

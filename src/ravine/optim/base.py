@@ -8,6 +8,11 @@ the same function is
 * fused by ``torch.compile`` (``compile=True``): Inductor turns the list of operations into a few
   fused loops that read and write each tensor once.
 
+Where torch ships a fused kernel computing exactly the same update (Adam, AdamW and AdaGrad:
+``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``) the default path calls it instead
+(``fused=None`` picks it on CPU and CUDA; ``fused=False`` forces the multi-tensor path). Tests
+prove every path computes the same iterates as the algorithm box.
+
 The base class adds what every algorithm box of the book leaves to the caller: hyperparameter
 validation, L2 weight decay, global gradient-norm clipping, lazy per-parameter state, and the
 interim-point mechanism of the Nesterov methods (Algorithms 8.3 and 8.6).
@@ -117,6 +122,8 @@ def addcdiv_scaled_(
 
 
 COMPILE_CHUNK = 16
+# Devices on which torch's fused optimizer kernels run.
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 def _chunk_bounds(n: int) -> Iterator[tuple[int, int]]:
@@ -197,10 +204,13 @@ class RavineOptimizer(Optimizer):
     * ``_scalars``: per-parameter scalar state with its initial value (e.g. the step count);
     * ``_checks``: hyperparameter name -> :data:`Check`;
     * ``_hyper(group, **scalars)``: the keyword arguments of ``_rule`` for one step;
-    * ``_advance(group, **scalars)``: the scalar state after the step.
+    * ``_advance(group, **scalars)``: the scalar state after the step;
+    * optionally ``_fused_rule`` (torch's fused kernel for the same update) with
+      ``_fused_hyper(group, **scalars)``.
     """
 
     _rule: Callable[..., None]
+    _fused_rule: Callable[..., None] | None = None
     _buffers: tuple[str, ...] = ()
     _scalars: dict[str, Any] = {}
     _checks: dict[str, Check] = {}
@@ -214,7 +224,15 @@ class RavineOptimizer(Optimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        fused: bool | None = None,
     ) -> None:
+        if fused is not None and not isinstance(fused, bool):
+            raise ValueError(f"fused must be True, False or None, got {fused!r}")
+        if fused and compile:
+            raise ValueError("fused=True and compile=True are alternatives; choose one")
+        if fused and self._fused_rule is None:
+            raise ValueError(f"{type(self).__name__} has no fused kernel in torch")
+        self._fused = (self._fused_rule is not None and not compile) if fused is None else fused
         if clip_norm is not None:
             check_value("clip_norm", clip_norm, POSITIVE)
         if not isinstance(compile, (bool, str)):
@@ -308,14 +326,26 @@ class RavineOptimizer(Optimizer):
             first = self.state[ps[0]]
             scalars = {k: first[k] for k in self._scalars}
             buffers = [[self.state[p][name] for p in ps] for name in self._buffers]
+            if self._fused and ps[0].device.type in FUSED_DEVICES:
+                self._fused_rule(ps, gs, *buffers, **self._fused_hyper(group, **scalars))
+                self._advance_state(group, ps, scalars)
+                continue
             hyper = self._hyper(group, **scalars)
             if self.compile:
                 for k in STEP_VARYING.intersection(hyper):
                     hyper[k] = torch.tensor(hyper[k], dtype=torch.float64, device=ps[0].device)
             self._rule_fn(ps, gs, *buffers, **hyper)
-            after = self._advance(group, **scalars)
-            for p in ps:
-                self.state[p].update(after)
+            self._advance_state(group, ps, scalars)
+
+    def _advance_state(
+        self, group: dict[str, Any], params: list[Tensor], scalars: dict[str, Any]
+    ) -> None:
+        after = self._advance(group, **scalars)
+        for p in params:
+            self.state[p].update(after)
+
+    def _fused_hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _shifted(self) -> Iterator[tuple[Tensor, Tensor, float]]:
         for group in self.param_groups:
