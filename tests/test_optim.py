@@ -576,9 +576,7 @@ def test_fused_kernel_path_equals_foreach_path(name, dtype):
     runs = []
     for fused in (True, False):
         params = problem.params(dtype)
-        opt = optim.create(
-            name, params, fused=fused, weight_decay=0.02, clip_norm=4.0, **hp
-        )
+        opt = optim.create(name, params, fused=fused, weight_decay=0.02, clip_norm=4.0, **hp)
         assert opt._fused is fused
         for lr in lrs:
             for g in opt.param_groups:
@@ -596,4 +594,53 @@ def test_fused_option_validation():
     with pytest.raises(ValueError, match="alternatives"):
         optim.Adam(p, fused=True, compile=True)
     with pytest.raises(ValueError, match="no hyperparameter 'fused'"):
-        optim.create("momentum", p, fused=True)
+        optim.create("nesterov", p, fused=True)
+
+
+@pytest.mark.parametrize("name", ["adam", "nesterov", "adagrad"])
+def test_parameters_with_intermittent_gradients_keep_their_own_state(name):
+    # b gets a gradient only on even steps: its step count (Adam) and velocity must advance
+    # only then, exactly as an optimizer holding b alone that is stepped on those steps.
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(4, generator=gen, dtype=torch.float64) for _ in range(2)]
+    grads = [
+        [torch.randn(4, generator=gen, dtype=torch.float64) for _ in range(2)] for _ in range(8)
+    ]
+    a, b = (t.clone().requires_grad_() for t in init)
+    opt = optim.create(name, [a, b], lr=0.05)
+    a2, b2 = (t.clone().requires_grad_() for t in init)
+    opt_a, opt_b = optim.create(name, [a2], lr=0.05), optim.create(name, [b2], lr=0.05)
+    for k, (ga, gb) in enumerate(grads):
+        a.grad, a2.grad = ga.clone(), ga.clone()
+        b.grad = gb.clone() if k % 2 == 0 else None
+        b2.grad = gb.clone()
+        opt.step()
+        opt_a.step()
+        if k % 2 == 0:
+            opt_b.step()
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+
+
+@pytest.mark.parametrize("name", optim.names())
+def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
+    import copy
+    import pickle
+
+    problem = Problem(seed=12)
+    hp = dict(HP[name])
+    params = problem.params()
+    opt = optim.create(name, params, clip_norm=2.0, track_grad_norm=True, **hp)
+    for _ in range(3):
+        problem.backward(params)
+        opt.step()
+    clone_params, clone = copy.deepcopy((params, opt))
+    restored = pickle.loads(pickle.dumps(opt))
+    assert restored.clip_norm == 2.0 and restored.track_grad_norm
+    assert clone.clip_norm == 2.0 and clone._fused == opt._fused
+    for _ in range(3):
+        problem.backward(params)
+        opt.step()
+        problem.backward(clone_params)
+        clone.step()
+    for x, y in zip(params, clone_params, strict=True):
+        assert torch.equal(x, y)

@@ -8,8 +8,8 @@ the same function is
 * fused by ``torch.compile`` (``compile=True``): Inductor turns the list of operations into a few
   fused loops that read and write each tensor once.
 
-Where torch ships a fused kernel computing exactly the same update (Adam, AdamW and AdaGrad:
-``torch._fused_adam_``, ``_fused_adamw_``, ``_fused_adagrad_``) the default path calls it instead
+Where torch ships a fused kernel computing exactly the same update (AdaGrad, Adam and AdamW:
+``torch._fused_adagrad_``, ``_fused_adam_``, ``_fused_adamw_``) the default path calls it instead
 (``fused=None`` picks it on CPU and CUDA; ``fused=False`` forces the multi-tensor path). Tests
 prove every path computes the same iterates as the algorithm box.
 
@@ -38,6 +38,7 @@ resume exactly, since the velocity and shift are optimizer state.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -193,6 +194,16 @@ def true_params(opt: Optimizer) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+@dataclasses.dataclass
+class _Batch:
+    """Parameters updated by one call of the rule, with their state."""
+
+    index: list[int]
+    params: list[Tensor]
+    buffers: list[list[Tensor]]
+    states: list[dict[str, Any]]
+
+
 class RavineOptimizer(Optimizer):
     """Base class: validation, weight decay, clipping, lazy state and foreach/compile dispatch.
 
@@ -245,14 +256,38 @@ class RavineOptimizer(Optimizer):
         self._last_norm: Tensor | None = None
         self._last_clipped: Tensor | None = None
         super().__init__(params, defaults)
+        self._setup()
+
+    _OPTIONS = ("clip_norm", "track_grad_norm", "compile", "_fused")
+
+    def _setup(self) -> None:
+        """Derived, unpicklable attributes: the rule to call and the cached step plans."""
+        # Per param group: the ids of the parameters that had gradients, and how they were
+        # batched (device, dtype, scalar state) with their state buffers. Reused while the same
+        # parameters have gradients; cleared when the state is replaced.
+        self._plans: dict[int, tuple[tuple[int, ...], list[_Batch]]] = {}
         rule = type(self)._rule
-        if compile:
-            backend = "inductor" if compile is True else compile
+        if self.compile:
+            backend = "inductor" if self.compile is True else self.compile
             self._rule_fn = _chunked(
                 torch.compile(rule, backend=backend, fullgraph=True, dynamic=True)
             )
         else:
             self._rule_fn = rule
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update({k: self.__dict__[k] for k in self._OPTIONS})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._last_norm = self._last_clipped = None
+        self._setup()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._plans.clear()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
@@ -309,8 +344,8 @@ class RavineOptimizer(Optimizer):
                 self._step_group(group, params, grads)
         return loss
 
-    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
-        # Lists handed to the rule share device, dtype and scalar state (e.g. the step count).
+    def _plan(self, params: list[Tensor]) -> list[_Batch]:
+        """Batch the parameters by device, dtype and scalar state; create missing state."""
         batches: dict[tuple, list[int]] = {}
         for i, p in enumerate(params):
             state = self.state[p]
@@ -320,29 +355,41 @@ class RavineOptimizer(Optimizer):
                 state.update(self._scalars)
             key = (p.device, p.dtype, *(state[k] for k in self._scalars))
             batches.setdefault(key, []).append(i)
+        plan = []
         for idx in batches.values():
             ps = [params[i] for i in idx]
-            gs = [grads[i] for i in idx]
-            first = self.state[ps[0]]
-            scalars = {k: first[k] for k in self._scalars}
-            buffers = [[self.state[p][name] for p in ps] for name in self._buffers]
-            if self._fused and ps[0].device.type in FUSED_DEVICES:
-                self._fused_rule(ps, gs, *buffers, **self._fused_hyper(group, **scalars))
-                self._advance_state(group, ps, scalars)
-                continue
-            hyper = self._hyper(group, **scalars)
-            if self.compile:
-                for k in STEP_VARYING.intersection(hyper):
-                    hyper[k] = torch.tensor(hyper[k], dtype=torch.float64, device=ps[0].device)
-            self._rule_fn(ps, gs, *buffers, **hyper)
-            self._advance_state(group, ps, scalars)
+            states = [self.state[p] for p in ps]
+            buffers = [[st[name] for st in states] for name in self._buffers]
+            plan.append(_Batch(idx, ps, buffers, states))
+        return plan
 
-    def _advance_state(
-        self, group: dict[str, Any], params: list[Tensor], scalars: dict[str, Any]
-    ) -> None:
-        after = self._advance(group, **scalars)
-        for p in params:
-            self.state[p].update(after)
+    def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
+        # Lists handed to the rule share device, dtype and scalar state (e.g. the step count).
+        # A batch's parameters are always stepped together, so their scalar state stays equal
+        # while the same parameters have gradients and the cached plan stays valid.
+        ids = tuple(map(id, params))
+        cached = self._plans.get(id(group))
+        if cached is None or cached[0] != ids:
+            cached = (ids, self._plan(params))
+            self._plans[id(group)] = cached
+        for batch in cached[1]:
+            ps = batch.params
+            gs = [grads[i] for i in batch.index]
+            scalars = {k: batch.states[0][k] for k in self._scalars}
+            if self._fused and ps[0].device.type in FUSED_DEVICES:
+                self._fused_rule(ps, gs, *batch.buffers, **self._fused_hyper(group, **scalars))
+            else:
+                hyper = self._hyper(group, **scalars)
+                if self.compile:
+                    for k in STEP_VARYING.intersection(hyper):
+                        hyper[k] = torch.tensor(
+                            hyper[k], dtype=torch.float64, device=ps[0].device
+                        )
+                self._rule_fn(ps, gs, *batch.buffers, **hyper)
+            if scalars:
+                after = self._advance(group, **scalars)
+                for state in batch.states:
+                    state.update(after)
 
     def _fused_hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
         raise NotImplementedError

@@ -121,6 +121,9 @@ class Momentum(RavineOptimizer):
 
     The velocity ``v`` carries the learning rate inside it, exactly as the book writes it.
 
+    torch's fused SGD kernel keeps ``b = -v/ε`` and is not used: matching this form would need
+    a dampening of ``1 + ε``, whose rounding in float32 changes the step by up to ``1e-7/ε``.
+
     .. warning:: ``torch.optim.SGD(momentum=α)`` keeps ``b ← αb + g`` and steps
        ``θ ← θ - εb``. The two agree while ``ε`` is constant (``v = -εb``); when the
        learning rate changes, torch rescales the whole accumulated history by the new rate,
