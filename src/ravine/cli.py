@@ -2,14 +2,19 @@
 
 Commands:
 
-``ravine train CONFIG.yaml [--set KEY=VALUE ...] [--resume] [--overwrite] [--quiet]``
+``ravine train CONFIG.yaml [--set KEY=VALUE ...] [--resume] [--overwrite] [--quiet] [--nproc N]``
     Train as the YAML file says (format: :mod:`ravine.config`) and write a run directory.
+    ``--nproc N`` trains data-parallel in N processes started by ``torch.distributed.run``;
+    ``torchrun ... -m ravine train CONFIG.yaml`` does the same across machines
+    (:mod:`ravine.train.distributed`).
 ``ravine demo [--out DIR] [--quick] [--seed N] [--jobs N]``
     Compare the lecture's optimizers on MNIST-1D (:mod:`ravine.train.demo`).
 
 Exit status:
 
 * 0 — success;
+* 1 — a data-parallel process failed outside ravine's checks (killed, crashed, lost its peers);
+  the message names the rank;
 * 2 — a usage error: a bad config, option or value, a missing or unreadable data file, a missing,
   truncated, foreign or mismatched checkpoint, a run directory already in use. One line on
   standard error, no traceback (``--debug`` shows it);
@@ -25,6 +30,7 @@ import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "EXIT_USAGE", "EXIT_NONFINITE", "EXIT_INTERRUPTED"]
 
@@ -37,24 +43,29 @@ def _train(args: argparse.Namespace) -> int:
     import torch
 
     from ravine.config import load_config
-    from ravine.train import fit
+    from ravine.train import distributed, fit
 
     config = load_config(args.config, args.set)
-    splits = config.data.load(config.seed)
-    # The model's initial weights come from the run's seed, like everything else.
-    torch.manual_seed(config.seed)
-    model = config.model.build(splits)
-    result = fit(
-        model,
-        splits.train,
-        splits.val,
-        test=splits.test,
-        **config.fit_options(),
-        quiet=True if args.quiet else None,
-        resume=args.resume,
-        overwrite=args.overwrite,
-        config=config.model_dump(mode="json", exclude_none=True),
-    )
+    if args.nproc is not None:
+        return _launch(args, config)
+    with distributed.process_group(config.device) as env:
+        splits = config.data.load(config.seed)
+        # The model's initial weights come from the run's seed, like everything else.
+        torch.manual_seed(config.seed)
+        model = config.model.build(splits)
+        result = fit(
+            model,
+            splits.train,
+            splits.val,
+            test=splits.test,
+            **config.fit_options(),
+            quiet=True if args.quiet else None,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            config=config.model_dump(mode="json", exclude_none=True),
+        )
+    if env is not None and env.rank != 0:
+        return 0
     line = f"trained {len(result.history)} epochs in {result.wall_time:.1f} s"
     if result.stopped_early:
         line += " (stopped early)"
@@ -65,6 +76,33 @@ def _train(args: argparse.Namespace) -> int:
     print(line)
     print(f"report: {Path(config.run_dir) / 'report.md'}")
     return 0
+
+
+def _launch(args: argparse.Namespace, config: Any) -> int:
+    """``ravine train --nproc N``: check what can be checked here, then start the workers."""
+    import torch
+
+    from ravine.train import distributed
+
+    if distributed.is_worker():
+        raise ValueError("--nproc starts its own processes; under torchrun leave it out "
+                         "(torchrun's --nproc-per-node sets their number)")
+    if config.batch_size % args.nproc:
+        raise ValueError(
+            "batch_size is the global minibatch and must be divisible by --nproc, "
+            f"got batch_size={config.batch_size}, --nproc={args.nproc}"
+        )
+    if args.nproc > 1 and config.sync_batchnorm:
+        distributed.check_sync_batchnorm(torch.device(config.device))
+    flags = [f"--{name}" for name in ("resume", "overwrite", "quiet", "debug")
+             if getattr(args, name)]
+    status = distributed.launch([args.config, *(f"--set={item}" for item in args.set), *flags],
+                                args.nproc, debug=args.debug)
+    last = Path(config.run_dir) / "checkpoints" / "last.pt"
+    if status in (1, EXIT_INTERRUPTED) and last.exists():
+        print(f"ravine train: --resume (with --nproc {args.nproc}) continues from {last}",
+              file=sys.stderr)
+    return status
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -119,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace a previous run's files in run_dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+                       help="train data-parallel in N processes (torch.distributed.run); "
+                            "batch_size stays the global minibatch")
     train.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     train.set_defaults(handler=_train)
 
@@ -171,16 +212,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NonFiniteLossError as exc:
         if args.debug:
             raise
-        print(f"ravine {args.command}: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_NONFINITE
+        return _fail(args, _one_line(exc), EXIT_NONFINITE)
     except KeyboardInterrupt:
-        print(f"ravine {args.command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except (ConfigError, CheckpointError, ValueError, OSError) as exc:
         if args.debug:
             raise
-        print(f"ravine {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args, f"error: {_one_line(exc)}", EXIT_USAGE)
+    except Exception as exc:
+        from ravine.train import distributed
+
+        # In a data-parallel job a traceback from every rank would bury the one that matters.
+        if args.debug or not distributed.is_worker():
+            raise
+        if distributed.is_peer_failure(exc):
+            return _fail(args, f"stopped: another process failed ({_one_line(exc)})", 1, exc)
+        return _fail(args, f"error: {type(exc).__name__}: {_one_line(exc)}", 1, exc)
+
+
+def _fail(args: argparse.Namespace, message: str, status: int,
+          exc: BaseException | None = None) -> int:
+    """Report ``message`` (naming the rank in a data-parallel worker) and return ``status``."""
+    from ravine.train.distributed import report_failure
+
+    report_failure(args.command, message, status, exc)
+    return status
 
 
 if __name__ == "__main__":

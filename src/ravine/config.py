@@ -46,6 +46,8 @@ Every key below is optional except ``data`` and ``model``; the values shown are 
     checkpoint_every_steps: null
     log_every: 1               # steps
     device: cpu
+    sync_batchnorm: false      # data-parallel runs on CUDA: batch norm over the global
+                               # batch (SyncBatchNorm); else each process's own share
     on_nonfinite: stop         # stop | skip
 
 Relative paths (data files, ``run_dir``) are relative to the current directory.
@@ -325,6 +327,7 @@ class RunConfig(_Section):
     checkpoint_every_steps: int | None = Field(None, ge=1)
     log_every: int = Field(1, ge=1)
     device: str = "cpu"
+    sync_batchnorm: bool = False
     on_nonfinite: Literal["stop", "skip"] = "stop"
     diagnostics: dict[str, Any] | None = None
 
@@ -380,6 +383,7 @@ class RunConfig(_Section):
             "checkpoint_every_steps": self.checkpoint_every_steps,
             "log_every": self.log_every,
             "device": self.device,
+            "sync_batchnorm": self.sync_batchnorm,
             "on_nonfinite": self.on_nonfinite,
             "diagnostics": self.diagnostics,
         }

@@ -20,6 +20,14 @@ state (velocity, interim shift, accumulators), schedule, batching position, the 
 generators (dropout), early-stopping state, history, the partial sums of an unfinished epoch and
 the length of ``metrics.jsonl``. A resumed run therefore continues bit-identically, and the log is
 cut back to the checkpoint so that no record appears twice.
+
+Data-parallel runs
+------------------
+Started by torchrun (or ``ravine train --nproc N``), every process runs this same loop on its
+share of each global minibatch, with the model in ``DistributedDataParallel``; the per-step loss
+statistics and the evaluation sums are all-reduced, so every rank holds the same records, and
+only rank 0 writes files. :mod:`ravine.train.distributed` explains why the result equals the
+single-process one.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ravine import data, models, optim, schedules
+from ravine.train import distributed
 from ravine.train.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -131,6 +140,14 @@ class _Ranks:
         if self.world_size > 1:
             torch.distributed.all_reduce(tensor)
         return tensor
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), indexed by rank."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
 
 
 @dataclass
@@ -239,6 +256,7 @@ def fit(
     checkpoint_every_steps: int | None = None,
     log_every: int = 1,
     device: str | torch.device = "cpu",
+    sync_batchnorm: bool = False,
     quiet: bool | None = None,
     on_nonfinite: str = "stop",
     callbacks: Sequence[Callback] = (),
@@ -265,7 +283,8 @@ def fit(
             stepped once per optimizer step. ``total_steps = epochs × batches per epoch``, so a
             linear decay decays over the whole run.
         epochs: number of passes (``batching="epoch"``) or of ``⌈N/m⌉``-step blocks (``"random"``).
-        batch_size: the minibatch size m.
+        batch_size: the minibatch size m; in a data-parallel run the global one (divisible by
+            the number of processes), see :mod:`ravine.train.distributed`.
         batching: ``"epoch"`` (shuffle, then contiguous blocks) or ``"random"`` (fresh sample
             each step); see :mod:`ravine.data`.
         loss: ``"cross_entropy"``, ``"mse"`` or a callable ``loss(output, target)`` returning
@@ -285,7 +304,12 @@ def fit(
             ``None`` only at the end.
         checkpoint_every_steps: also write it every this many optimizer steps, mid-epoch.
         log_every: write a step record (loss, lr, grad norm, clipped) every this many steps.
-        device: where to train, e.g. ``"cpu"`` or ``"cuda"``.
+        device: where to train, e.g. ``"cpu"`` or ``"cuda"`` (under torchrun, ``"cuda"`` is
+            the GPU numbered by ``LOCAL_RANK``).
+        sync_batchnorm: in a data-parallel run, normalize batch-norm layers with the statistics
+            of the global batch (:class:`torch.nn.SyncBatchNorm`, CUDA only) instead of each
+            rank's share (the returned model then holds SyncBatchNorm layers); ignored in a
+            single process.
         quiet: ``True`` hides the progress bar; ``None`` shows it only on a terminal.
         on_nonfinite: ``"stop"`` raises :class:`NonFiniteLossError` naming the step (the last
             checkpoint is left intact); ``"skip"`` drops that step (no update, buffers such as
@@ -322,13 +346,19 @@ def fit(
             _check_int(name, value, 1)
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
-    ranks = _Ranks()
+    if not isinstance(sync_batchnorm, bool):
+        raise ValueError(f"sync_batchnorm must be True or False, got {sync_batchnorm!r}")
     try:
         device = torch.device(device)
     except RuntimeError:
         raise ValueError(
             f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}"
         ) from None
+    ranks = _Ranks(*distributed.join(device))
+    if ranks.world_size > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if ranks.world_size > 1 and sync_batchnorm:
+        model = distributed.convert_sync_batchnorm(model, device)
     model.to(device)
     x, y = _tensors(train, "train", device)
     val_xy = None if val is None else _tensors(val, "val", device)
@@ -338,7 +368,8 @@ def fit(
     diag = DiagnosticsSchedule.from_option(diagnostics)
     diag_batch = None if diag is None else diag.subset(x, y, seed)
 
-    batches = data.batches(batching, x.shape[0], batch_size, seed=seed)
+    batches = data.batches(batching, x.shape[0], batch_size, seed=seed, rank=ranks.rank,
+                           world_size=ranks.world_size)
     total_steps = epochs * len(batches)
     opt, optimizer_spec = _build_optimizer(optimizer, model, lr, weight_decay, clip_norm)
     schedule_spec = {"name": "constant"} if schedule is None else _spec(schedule, "schedule")
@@ -369,6 +400,9 @@ def fit(
         "seed": seed,
         "train_examples": int(x.shape[0]),
         "on_nonfinite": on_nonfinite,
+        # Every rank's random streams are saved, so a resume needs as many processes.
+        "world_size": ranks.world_size,
+        "sync_batchnorm": sync_batchnorm,
     }
 
     files = None if run_dir is None or not ranks.is_main else _RunFiles(Path(run_dir))
@@ -387,9 +421,9 @@ def fit(
         history, step, elapsed_before = ckpt["history"], ckpt["step"], ckpt["elapsed"]
         sums = _EpochSums(**ckpt["epoch_sums"])
         best_state, log_offset = ckpt["best_state"], ckpt["metrics_offset"]
-        set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"] if ranks.world_size == 1 else ckpt["rng_by_rank"][ranks.rank])
     else:
-        _seed_everything(seed)
+        _seed_everything(distributed.rank_seed(seed, ranks.rank))
         if files is not None:
             _prepare_run_dir(files, overwrite, config if config is not None else options)
     log = MetricsLog(None if files is None else files.metrics, truncate_to=log_offset)
@@ -399,6 +433,10 @@ def fit(
         return elapsed_before + time.perf_counter() - start
 
     def checkpoint() -> None:
+        if run_dir is None:
+            return
+        # Rank 0 writes; the others hand it their generators' states (dropout) to save.
+        rng_by_rank = ranks.all_gather(rng_state()) if ranks.world_size > 1 else None
         if files is None:
             return
         offset = log.offset()
@@ -410,6 +448,7 @@ def fit(
                 "schedule": sched.state_dict(),
                 "batches": batches.state_dict(),
                 "rng": rng_state(),
+                **({} if rng_by_rank is None else {"rng_by_rank": rng_by_rank}),
                 "early_stopping": tracker.state_dict(),
                 "best_state": best_state,
                 "history": history,
@@ -422,9 +461,12 @@ def fit(
             files.last,
         )
 
-    model.train()
+    # Wrapped only now, so that DDP's initial broadcast from rank 0 sends restored weights.
+    net = model if ranks.world_size == 1 else distributed.wrap(model, device)
+    net.train()
     try:
-        with TrainingProgress(total_steps, epochs, quiet=quiet) as progress:
+        with TrainingProgress(total_steps, epochs,
+                              quiet=quiet if ranks.is_main else True) as progress:
             while batches.epoch < epochs and not tracker.should_stop:
                 epoch = batches.epoch
                 for idx in batches:
@@ -434,19 +476,25 @@ def fit(
                     # A skipped step must leave no trace, but its forward pass already updated
                     # buffers such as batch-norm running statistics (with NaNs).
                     buffers = _copy_buffers(model) if on_nonfinite == "skip" else None
-                    closure, first = _make_closure(model, opt, xb, yb, mean_loss, classification,
+                    # With several ranks, idx is this rank's share of the step's global batch.
+                    batch = yb.shape[0] if ranks.world_size == 1 else sum(
+                        batches.shard_sizes(batches.position - 1))
+                    closure, first = _make_closure(net, opt, xb, yb, mean_loss, classification,
                                                    clip_norm if clip_in_closure else None,
-                                                   measure_norm=not norm_from_optimizer)
+                                                   measure_norm=not norm_from_optimizer,
+                                                   ranks=ranks, global_batch=batch)
                     try:
                         opt.step(closure)
                         skipped = False
                     except _NonFiniteLoss as bad:
                         if on_nonfinite == "stop":
-                            kept = files is not None and files.last.exists()
+                            # Every rank raises this, so every rank must word it the same.
+                            last = None if run_dir is None else _RunFiles(Path(run_dir)).last
+                            kept = last is not None and last.exists()
                             raise NonFiniteLossError(
                                 f"non-finite training loss ({bad.value}) at step {step + 1} "
                                 f"(epoch {epoch + 1}); stopped"
-                                + (f"; the last good checkpoint is {files.last}" if kept else "")
+                                + (f"; the last good checkpoint is {last}" if kept else "")
                             ) from None
                         opt.zero_grad(set_to_none=True)
                         _restore_buffers(model, buffers)
@@ -459,7 +507,7 @@ def fit(
                         opt.last_grad_norm if norm_from_optimizer else first["norm"])
                     clipped = clip_norm is not None and grad_norm is not None and (
                         grad_norm > clip_norm)
-                    loss_value = sums.add_step(first, yb.shape[0], lr_used, grad_norm, clipped)
+                    loss_value = sums.add_step(first, batch, lr_used, grad_norm, clipped)
                     if step % log_every == 0:
                         log.write({"kind": "step", "epoch": epoch + 1, "step": step,
                                    "loss": loss_value, "lr": lr_used, "grad_norm": grad_norm,
@@ -472,6 +520,9 @@ def fit(
                     raise NonFiniteLossError(
                         f"every step of epoch {epoch + 1} had a non-finite loss; stopped"
                     )
+                if ranks.world_size > 1:
+                    # Evaluation and the best weights use rank 0's running statistics everywhere.
+                    distributed.sync_buffers(model)
                 record = sums.record(epoch + 1, step, classification)
                 if val_xy is not None:
                     with optim.true_params(opt):
@@ -750,6 +801,8 @@ def _make_closure(
     clip_norm: float | None,
     *,
     measure_norm: bool,
+    ranks: _Ranks,
+    global_batch: int,
 ) -> tuple[Callable[[], Tensor], dict[str, Any]]:
     """The closure handed to ``opt.step`` and the dict where it leaves its first evaluation.
 
@@ -758,12 +811,29 @@ def _make_closure(
     first call (the loss before the update) is what gets logged. A non-finite loss raises before
     ``backward`` so the optimizer never updates. ``clip_norm`` clips here for optimizers that do
     not clip themselves; ``measure_norm`` records the pre-clip norm for those that do not track it.
+
+    In a data-parallel run ``model`` is the DDP wrapper, ``xb, yb`` this rank's share of a
+    global batch of ``global_batch`` examples, and the logged loss, the non-finite check and the
+    returned loss concern the global batch (:func:`_shared_loss`), so that all ranks take the
+    same decisions. The loss statistics are all-reduced while the gradients are computed (one
+    synchronization point per step rather than two); a non-finite loss therefore raises after
+    ``backward``, still before the optimizer updates.
     """
     first: dict[str, Any] = {}
+
+    def record_norm() -> None:
+        if clip_norm is not None:
+            first["norm"] = optim.clip_grad_norm_(model.parameters(), clip_norm)
+        elif measure_norm:
+            first["norm"] = float(torch.nn.utils.get_total_norm(
+                [p.grad for p in model.parameters() if p.grad is not None]
+            ))
 
     def closure() -> Tensor:
         opt.zero_grad(set_to_none=True)
         out = model(xb)
+        if ranks.world_size > 1:
+            return shared_closure(out)
         batch_loss = mean_loss(out, yb)
         if not torch.isfinite(batch_loss):
             raise _NonFiniteLoss(batch_loss.item())
@@ -772,15 +842,53 @@ def _make_closure(
             if classification:
                 first["correct"] = correct_count(out.detach(), yb)
         batch_loss.backward()
-        if clip_norm is not None:
-            first["norm"] = optim.clip_grad_norm_(model.parameters(), clip_norm)
-        elif measure_norm:
-            first["norm"] = float(torch.nn.utils.get_total_norm(
-                [p.grad for p in model.parameters() if p.grad is not None]
-            ))
+        record_norm()
         return batch_loss
 
+    def shared_closure(out: Tensor) -> Tensor:
+        batch_loss, stats, pending = _shared_loss(out, yb, mean_loss, classification, ranks,
+                                                  global_batch)
+        batch_loss.backward()
+        pending.wait()
+        loss_sum, correct_sum = stats
+        mean = loss_sum / global_batch
+        if not torch.isfinite(mean):
+            raise _NonFiniteLoss(mean.item())
+        if "loss" not in first:
+            first["loss"] = mean
+            if classification:
+                first["correct"] = correct_sum
+        record_norm()
+        return mean
+
     return closure, first
+
+
+def _shared_loss(
+    out: Tensor,
+    yb: Tensor,
+    mean_loss: LossFn,
+    classification: bool,
+    ranks: _Ranks,
+    global_batch: int,
+) -> tuple[Tensor, Tensor, Any]:
+    """This rank's loss to differentiate, and ``[Σ loss, Σ correct]`` over the global batch.
+
+    DDP averages the ranks' gradients. Weighting this rank's mean loss by ``b_r W / b`` (its
+    share ``b_r`` of the global batch ``b``, ``W`` ranks) makes that average the gradient of the
+    global mean, also for an uneven last batch; for equal shares the weight is exactly 1. The
+    sums are being all-reduced when this returns: wait on the returned work before reading them.
+    """
+    local = yb.shape[0]
+    # A last batch smaller than W leaves some ranks nothing, yet they must join DDP's backward.
+    mean = mean_loss(out, yb) if local else out.sum() * 0.0
+    correct = correct_count(out.detach(), yb) if classification else 0
+    stats = torch.stack([
+        mean.detach().double() * local,
+        torch.as_tensor(correct, dtype=torch.float64, device=out.device),
+    ])
+    pending = torch.distributed.all_reduce(stats, async_op=True)
+    return mean * (local * ranks.world_size / global_batch), stats, pending
 
 
 def _evaluate(
