@@ -26,6 +26,7 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/hessian_vs_pyhessian.py
 	$(PY) benchmarks/diagnostics_overhead.py
+	$(PY) benchmarks/ddp_throughput.py
 	$(PY) benchmarks/collect.py
 
 lint: $(VENV)/.installed

@@ -29,15 +29,29 @@ Where ravine misses a goal the table says so; the notes under each table explain
 """
 
 
+def _as_section(text: str) -> str:
+    """Demote the headings of a result file whose title is a top-level ``#`` heading."""
+    if not text.startswith("# "):
+        return text
+    return "\n".join("#" + line if line.startswith("#") else line for line in text.splitlines())
+
+
 def main() -> None:
     root = Path(__file__).parent
     results = root / "results"
     parts = [HEADER]
+    summary = root / "notes" / "summary.md"
+    if summary.exists():
+        parts.append(summary.read_text().strip() + "\n")
     names = ORDER + sorted(p.stem for p in results.glob("*.md") if p.stem not in ORDER)
     for name in names:
         path = results / f"{name}.md"
         if path.exists():
-            parts.append(path.read_text().strip() + "\n")
+            parts.append(_as_section(path.read_text().strip()) + "\n")
+            # Hand-written reading of the latest run, kept apart from the generated tables.
+            notes = root / "notes" / f"{name}.md"
+            if notes.exists():
+                parts.append(notes.read_text().strip() + "\n")
     (root.parent / "BENCHMARKS.md").write_text("\n".join(parts))
     print(f"wrote {root.parent / 'BENCHMARKS.md'}")
 

@@ -6,11 +6,12 @@ Recipes (batch 100 for all):
   convolutions with 25 channels, no normalization, a linear layer) trained with Adam at a
   constant lr 1e-2 for 100 epochs;
 * **authors' optimizer, ravine's CNN** — the same optimizer and schedule on ravine's ``cnn1d``
-  (three 32-channel convolutions of width 5 keeping the length) *without* normalization: it
+  (three 16-channel convolutions of width 5 keeping the length) *without* normalization: it
   separates what the architecture contributes from what the optimization recipe does;
-* **ravine** — ravine's ``cnn1d`` with batch normalization, Nesterov momentum (lr 0.1, α 0.9,
-  the rate ``ravine demo`` picked on its validation split) and the lecture's linear decay to
-  0.01 lr over 30 epochs.
+* **ravine** — the same 16-channel ``cnn1d`` with batch normalization, Nesterov momentum (lr
+  0.1, α 0.9, the rate ``ravine demo`` picked on its validation split) and the lecture's linear
+  decay to 0.01 lr over 30 epochs. (16 channels rather than the default 32: the same accuracy
+  at half the cost per epoch, measured before this benchmark was run.)
 
 Every recipe trains on all 4000 training signals and is evaluated on the standard 1000 test
 signals after every epoch (that evaluation time counts for all). The target of a seed is the best
@@ -63,12 +64,14 @@ AUTHORS_FIT = dict(optimizer="adam", lr=1e-2, schedule="constant", epochs=100)
 RAVINE_FIT = dict(optimizer={"name": "nesterov", "momentum": 0.9}, lr=0.1,
                   schedule="linear-decay", epochs=30)
 
+RAVINE_CHANNELS = (16, 16, 16)
+
 RECIPES: dict[str, tuple[Callable[[], nn.Module], dict[str, Any]]] = {
     "authors: their CNN, Adam 1e-2 constant, 100 epochs": (ConvBase, AUTHORS_FIT),
-    "authors' optimizer on ravine's CNN (no norm)": (lambda: models.cnn1d(norm="none"),
-                                                     AUTHORS_FIT),
+    "authors' optimizer on ravine's CNN (no norm)": (
+        lambda: models.cnn1d(norm="none", channels=RAVINE_CHANNELS), AUTHORS_FIT),
     "ravine: CNN + batch norm, Nesterov 0.1, linear decay, 30 epochs": (
-        lambda: models.cnn1d(norm="batch"), RAVINE_FIT),
+        lambda: models.cnn1d(norm="batch", channels=RAVINE_CHANNELS), RAVINE_FIT),
 }
 AUTHORS, _, RAVINE = RECIPES
 

@@ -120,7 +120,8 @@ def _diagnose(args: argparse.Namespace) -> int:
     return diagnose_command(args)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--overwrite", action="store_true",
                        help="replace a previous run's files in run_dir")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
-    train.add_argument("--nproc", type=_positive_int, default=None, metavar="N",
+    train.add_argument("--nproc", type=positive_int, default=None, metavar="N",
                        help="train data-parallel in N processes (torch.distributed.run); "
                             "batch_size stays the global minibatch")
     train.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     demo.add_argument("--quick", action="store_true", help="a few seconds' reduced version")
     demo.add_argument("--seed", type=_seed, default=0, help="random seed (default: 0)")
-    demo.add_argument("--jobs", type=_positive_int, default=None,
+    demo.add_argument("--jobs", type=positive_int, default=None,
                       help="parallel training processes (default: up to 2, one per core)")
     demo.add_argument("--quiet", action="store_true", help="no per-run progress lines")
     demo.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("path", help="a run directory (or a training config)")
     diagnose.add_argument("--checkpoint", choices=("init", "best", "last"), default="last",
                           help="which weights to diagnose (default: last)")
-    diagnose.add_argument("--examples", type=_positive_int, default=2048,
+    diagnose.add_argument("--examples", type=positive_int, default=2048,
                           help="training examples the measurements use (default: 2048)")
     diagnose.add_argument("--out", default=None, help="output folder (default: the run dir)")
     diagnose.add_argument("--debug", action="store_true", help="show tracebacks of errors")

@@ -28,20 +28,9 @@ from typing import Any
 
 import yaml
 
+from ravine.cli import EXIT_INTERRUPTED, EXIT_USAGE, positive_int
+
 __all__ = ["compare_main", "tune_main", "compare_parser", "tune_parser"]
-
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,7 +48,7 @@ def compare_parser() -> argparse.ArgumentParser:
     parser.add_argument("suite", help="suite file (YAML); see ravine.bench.config")
     parser.add_argument("--out", help="output folder (default: the suite's output, else "
                         "runs/<suite name>)")
-    parser.add_argument("--seeds", type=_positive_int,
+    parser.add_argument("--seeds", type=positive_int,
                         help="evaluation seeds 0..N-1, replacing the suite's seeds")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
@@ -71,7 +60,7 @@ def tune_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ravine tune",
                      description="Tune the searchable values of a config with Optuna.")
     parser.add_argument("config", help="a ravine train config or a benchmark study (YAML)")
-    parser.add_argument("--trials", type=_positive_int,
+    parser.add_argument("--trials", type=positive_int,
                         help="trials this process runs (default: the config's trials, else 20)")
     parser.add_argument("--storage", help="journal:PATH or an RDB URL (default: an SQLite file "
                         "in the output folder)")
