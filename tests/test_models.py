@@ -436,18 +436,8 @@ def mnist1d_arrays():
     return {k: torch.as_tensor(data[k]) for k in ("x", "y", "x_test", "y_test")}
 
 
-@pytest.fixture
-def one_thread():
-    # Intra-op threads fighting other processes for 2 shared cores make this small
-    # network 20x slower; one thread is also the fastest setting when the cores are free.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
-def test_cnn1d_reaches_95_percent_on_mnist1d(mnist1d_arrays, one_thread):
+def test_cnn1d_reaches_95_percent_on_mnist1d(mnist1d_arrays):
     """Batch-norm cnn1d, Adam with the lecture's linear decay, 25 epochs of batch 100."""
     d = mnist1d_arrays
     mean, std = d["x"].float().mean(), d["x"].float().std()
