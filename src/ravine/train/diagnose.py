@@ -53,10 +53,10 @@ def _load(path: Path) -> tuple[Any, Path]:
 
 
 def _true_last_state(config: Any, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    from ravine.train.trainer import _build_optimizer
+    from ravine.train.trainer import build_optimizer
 
     options = config.fit_options()
-    opt, _ = _build_optimizer(
+    opt, _ = build_optimizer(
         options["optimizer"], model, None, config.weight_decay, config.clip_norm
     )
     opt.load_state_dict(ckpt["optimizer"])

@@ -371,7 +371,7 @@ def fit(
     batches = data.batches(batching, x.shape[0], batch_size, seed=seed, rank=ranks.rank,
                            world_size=ranks.world_size)
     total_steps = epochs * len(batches)
-    opt, optimizer_spec = _build_optimizer(optimizer, model, lr, weight_decay, clip_norm)
+    opt, optimizer_spec = build_optimizer(optimizer, model, lr, weight_decay, clip_norm)
     schedule_spec = {"name": "constant"} if schedule is None else _spec(schedule, "schedule")
     schedule_options = {k: v for k, v in schedule_spec.items() if k != "name"}
     if schedule_spec["name"] == "linear-decay" and schedule_options.get("decay_steps") is None:
@@ -622,7 +622,7 @@ def _spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
     raise ValueError(f"{what} must be a name or a dict with a 'name' key, got {value!r}")
 
 
-def _build_optimizer(
+def build_optimizer(
     optimizer: str | dict[str, Any] | Optimizer,
     model: nn.Module,
     lr: float | None,
