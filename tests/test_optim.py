@@ -644,3 +644,37 @@ def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
         clone.step()
     for x, y in zip(params, clone_params, strict=True):
         assert torch.equal(x, y)
+
+
+def test_cache_chunks_partition_by_bytes():
+    from ravine.optim.base import CPU_CHUNK_BYTES, _cache_chunks
+
+    sizes = [10, CPU_CHUNK_BYTES // 4, 3, CPU_CHUNK_BYTES // 8, CPU_CHUNK_BYTES // 8, 7]
+    params = [torch.zeros(n) for n in sizes]
+    bounds = _cache_chunks(params)
+    assert [i for lo, hi in bounds for i in range(lo, hi)] == list(range(len(sizes)))
+    assert bounds == [(0, 2), (2, 5), (5, 6)]
+
+
+@pytest.mark.parametrize("name", ["nesterov", "rmsprop-nesterov", "rmsprop"])
+def test_cache_chunked_eager_path_equals_one_pass(name, monkeypatch):
+    # Many tensors spanning several chunks: the chunked rule must give bit-identical iterates.
+    import ravine.optim.base as base
+
+    gen = torch.Generator().manual_seed(0)
+    init = [torch.randn(3000, generator=gen, dtype=torch.float64) for _ in range(60)]
+    grads = [
+        [torch.randn(3000, generator=gen, dtype=torch.float64) for _ in init] for _ in range(3)
+    ]
+    results = []
+    for chunk_bytes in (1 << 62, 64 << 10):
+        monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
+        params = [t.clone().requires_grad_() for t in init]
+        opt = optim.create(name, params, lr=0.01)
+        for gs in grads:
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        results.append(torch.cat([p.detach() for p in params]))
+    assert len(base._cache_chunks(params)) > 1
+    assert torch.equal(results[0], results[1])

@@ -125,6 +125,23 @@ def addcdiv_scaled_(
 COMPILE_CHUNK = 16
 # Devices on which torch's fused optimizer kernels run.
 FUSED_DEVICES = ("cpu", "cuda")
+# On the CPU the multi-tensor path applies the rule to runs of consecutive tensors holding about
+# this many bytes of parameters, so that the rule's several passes over a run hit the cache
+# (measured: RMSProp on 10M parameters 35% faster than one pass over all tensors per operation).
+CPU_CHUNK_BYTES = 1 << 20
+
+
+def _cache_chunks(params: list[Tensor]) -> list[tuple[int, int]]:
+    """Consecutive index ranges whose parameters reach ``CPU_CHUNK_BYTES`` (the last may not)."""
+    bounds, start, size = [], 0, 0
+    for i, p in enumerate(params):
+        size += p.numel() * p.element_size()
+        if size >= CPU_CHUNK_BYTES:
+            bounds.append((start, i + 1))
+            start, size = i + 1, 0
+    if start < len(params):
+        bounds.append((start, len(params)))
+    return bounds
 
 
 def _chunk_bounds(n: int) -> Iterator[tuple[int, int]]:
@@ -202,6 +219,7 @@ class _Batch:
     params: list[Tensor]
     buffers: list[list[Tensor]]
     states: list[dict[str, Any]]
+    chunks: list[tuple[int, int]]
 
 
 class RavineOptimizer(Optimizer):
@@ -360,7 +378,8 @@ class RavineOptimizer(Optimizer):
             ps = [params[i] for i in idx]
             states = [self.state[p] for p in ps]
             buffers = [[st[name] for st in states] for name in self._buffers]
-            plan.append(_Batch(idx, ps, buffers, states))
+            chunks = _cache_chunks(ps) if ps[0].device.type == "cpu" else [(0, len(ps))]
+            plan.append(_Batch(idx, ps, buffers, states, chunks))
         return plan
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
@@ -378,14 +397,17 @@ class RavineOptimizer(Optimizer):
             scalars = {k: batch.states[0][k] for k in self._scalars}
             if self._fused and ps[0].device.type in FUSED_DEVICES:
                 self._fused_rule(ps, gs, *batch.buffers, **self._fused_hyper(group, **scalars))
+            elif self.compile:
+                hyper = self._hyper(group, **scalars)
+                for k in STEP_VARYING.intersection(hyper):
+                    hyper[k] = torch.tensor(hyper[k], dtype=torch.float64, device=ps[0].device)
+                self._rule_fn(ps, gs, *batch.buffers, **hyper)
             else:
                 hyper = self._hyper(group, **scalars)
-                if self.compile:
-                    for k in STEP_VARYING.intersection(hyper):
-                        hyper[k] = torch.tensor(
-                            hyper[k], dtype=torch.float64, device=ps[0].device
-                        )
-                self._rule_fn(ps, gs, *batch.buffers, **hyper)
+                for lo, hi in batch.chunks:
+                    self._rule_fn(
+                        ps[lo:hi], gs[lo:hi], *(b[lo:hi] for b in batch.buffers), **hyper
+                    )
             if scalars:
                 after = self._advance(group, **scalars)
                 for state in batch.states:
