@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_helpers import train_size
 
-from ravine import data
 from ravine.cli import EXIT_NONFINITE, EXIT_USAGE, main
 from ravine.train.metrics import read_metrics
 
@@ -47,13 +47,6 @@ def write_config(tmp_path: Path, **changes) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def train_size(config: Path) -> int:
-    options = yaml.safe_load(config.read_text())
-    splits = data.load(options["data"]["name"], seed=options["seed"],
-                       val_fraction=options["data"]["val_fraction"])
-    return len(splits.train)
 
 
 def ravine(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:

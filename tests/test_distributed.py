@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from run_helpers import train_size
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from ravine import data
 from ravine.cli import EXIT_NONFINITE, EXIT_USAGE, main
 from ravine.train import distributed, fit
 from ravine.train.distributed import _root_cause
@@ -52,13 +52,6 @@ def write_config(folder: Path, **changes) -> Path:
     path = folder / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def train_size(config: Path) -> int:
-    options = yaml.safe_load(config.read_text())
-    splits = data.load(options["data"]["name"], seed=options["seed"],
-                       val_fraction=options["data"]["val_fraction"])
-    return len(splits.train)
 
 
 def run(*args: str, launcher: str = "ravine", timeout: float = 120) -> subprocess.CompletedProcess:
