@@ -56,12 +56,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ravine._validate import check_int
+
 __all__ = ["EpochBatches", "RandomBatches", "batches"]
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _derived_seed(*entropy: int) -> int:
@@ -79,10 +76,10 @@ class _IndexBatches:
     _kind: str
 
     def __init__(self, n: int, batch_size: int, *, seed: int, rank: int, world_size: int) -> None:
-        _check_int("n", n, 1)
-        _check_int("batch_size", batch_size, 1)
-        _check_int("seed", seed, 0)
-        _check_int("world_size", world_size, 1)
+        check_int("n", n, 1)
+        check_int("batch_size", batch_size, 1)
+        check_int("seed", seed, 0)
+        check_int("world_size", world_size, 1)
         if (
             not isinstance(rank, (int, np.integer))
             or isinstance(rank, bool)
@@ -177,7 +174,7 @@ class _IndexBatches:
                     f"state_dict was saved with {key}={state[key]!r}, but this "
                     f"{type(self).__name__} has {key}={value!r}"
                 )
-        _check_int("state_dict['epoch']", state["epoch"], 0)
+        check_int("state_dict['epoch']", state["epoch"], 0)
         position = state["position"]
         if not isinstance(position, (int, np.integer)) or not 0 <= position <= len(self):
             raise ValueError(
@@ -260,7 +257,7 @@ class EpochBatches(_IndexBatches):
         Seeded with ``SeedSequence((seed, epoch))`` alone, so any epoch can be reproduced without
         replaying the ones before it.
         """
-        _check_int("epoch", epoch, 0)
+        check_int("epoch", epoch, 0)
         if not self.shuffle:
             return torch.arange(self.n)
         generator = torch.Generator().manual_seed(_derived_seed(self.seed, epoch))
@@ -310,7 +307,7 @@ class RandomBatches(_IndexBatches):
             )
         if steps_per_epoch is None:
             steps_per_epoch = math.ceil(n / batch_size)
-        _check_int("steps_per_epoch", steps_per_epoch, 1)
+        check_int("steps_per_epoch", steps_per_epoch, 1)
         self.steps_per_epoch = int(steps_per_epoch)
 
     def __len__(self) -> int:
@@ -325,8 +322,8 @@ class RandomBatches(_IndexBatches):
     def sample(self, epoch: int, step: int) -> Tensor:
         """The global batch of ``step`` in ``epoch`` (seeded with ``SeedSequence((seed, epoch,
         step))``)."""
-        _check_int("epoch", epoch, 0)
-        _check_int("step", step, 0)
+        check_int("epoch", epoch, 0)
+        check_int("step", step, 0)
         generator = torch.Generator().manual_seed(_derived_seed(self.seed, epoch, step))
         return torch.randperm(self.n, generator=generator)[: self.batch_size]
 

@@ -46,6 +46,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
 
+from ravine._validate import check_int
+
 __all__ = ["HessianOperator", "hvp", "model_mode", "MODES", "BACKENDS"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -66,21 +68,6 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     hint = f"; did you mean {close[0]!r}?" if close else ""
     options = ", ".join(repr(a) for a in allowed)
     raise ValueError(f"{name} must be one of {options}, got {value!r}{hint}")
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    """Raise ``ValueError`` unless ``value`` is a finite real number ``> 0`` (``>= 0``)."""
-    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
-    ok = ok and bool(np.isfinite(value)) and (value >= 0 if allow_zero else value > 0)
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
 
 
 def _is_batch(obj: Any) -> bool:

@@ -22,13 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ravine._validate import check_int, check_positive
 from ravine.diagnostics.advice import ILL_CONDITIONED, advice, advice_markdown
 from ravine.diagnostics.hvp import (
     HessianOperator,
     LossFn,
     as_batches,
-    check_int,
-    check_positive,
     checked_batch,
 )
 from ravine.diagnostics.noise import (

@@ -40,12 +40,12 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from ravine._validate import check_int
 from ravine.diagnostics.hvp import (
     LossFn,
     as_batches,
     batch_rng,
     check_choice,
-    check_int,
     checked_batch,
     model_mode,
     scalar_loss,

@@ -23,12 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ravine._validate import check_int, check_positive
 from ravine.diagnostics.hvp import (
     HessianOperator,
     LossFn,
     check_choice,
-    check_int,
-    check_positive,
 )
 
 __all__ = [

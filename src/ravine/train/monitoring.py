@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ravine._validate import check_int, check_positive
+
 __all__ = ["DiagnosticsSchedule", "DEFAULT_WHAT", "PREFIX"]
 
 DEFAULT_WHAT = ("lambda_max", "noise")
@@ -77,13 +79,8 @@ class DiagnosticsSchedule:
         from ravine.diagnostics.monitor import _check_what
 
         for name, minimum in (("every", 1), ("examples", 2), ("max_hvps", 1)):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ValueError(
-                    f"diagnostics.{name} must be an integer >= {minimum}, got {value!r}"
-                )
-        if not (isinstance(self.tol, (int, float)) and self.tol > 0):
-            raise ValueError(f"diagnostics.tol must be > 0, got {self.tol!r}")
+            check_int(f"diagnostics.{name}", getattr(self, name), minimum)
+        check_positive("diagnostics.tol", self.tol)
         _check_what(self.what)
 
     def due(self, epoch: int) -> bool:

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ravine import data, models, optim, schedules
+from ravine._validate import check_int
 from ravine.train import distributed
 from ravine.train.checkpoint import (
     CheckpointError,
@@ -336,14 +337,14 @@ def fit(
         ravine.train.CheckpointError: ``resume`` with a missing, damaged or mismatched
             checkpoint.
     """
-    _check_int("epochs", epochs, 1)
-    _check_int("batch_size", batch_size, 1)
-    _check_int("seed", seed, 0)
-    _check_int("log_every", log_every, 1)
+    check_int("epochs", epochs, 1)
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
+    check_int("log_every", log_every, 1)
     for name, value in (("checkpoint_every", checkpoint_every),
                         ("checkpoint_every_steps", checkpoint_every_steps)):
         if value is not None:
-            _check_int(name, value, 1)
+            check_int(name, value, 1)
     if on_nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {on_nonfinite!r}")
     if not isinstance(sync_batchnorm, bool):
@@ -585,11 +586,6 @@ def fit(
         wall_time=wall_time,
         run_dir=None if run_dir is None else Path(run_dir),
     )
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def _tensors(dataset: Any, name: str, device: torch.device) -> tuple[Tensor, Tensor]:
