@@ -8,6 +8,7 @@ import pytest
 
 from ravine import data, optim
 from ravine.config import ConfigError, load_config, parse_overrides, validate_config
+from ravine.train import FitOptions
 
 BASE = """\
 data: {name: digits, val_fraction: 0.2}
@@ -34,15 +35,17 @@ def error_of(path, overrides=()) -> str:
     return message
 
 
-def test_a_valid_config_maps_onto_fit_options(config_file):
+def test_a_valid_config_is_fit_options_plus_data_model_and_run_dir(config_file):
     config = load_config(config_file)
-    options = config.fit_options()
+    options = config.fit.describe()
     assert options["optimizer"] == {"name": "nesterov", "lr": 0.05, "momentum": 0.8}
     assert options["schedule"] == {"name": "linear-decay", "warmup_steps": 2}
     assert options["early_stopping"] == {"mode": "auto", "patience": 2, "min_delta": 0.0,
                                          "restore_best": True, "start_from_epoch": 0}
     assert (options["epochs"], options["batch_size"], options["batching"]) == (3, 100, "epoch")
-    assert options["run_dir"] == "runs/exp"  # default: runs/<config file name>
+    assert config.run_dir == "runs/exp"  # default: runs/<config file name>
+    # The same options reach fit as keyword arguments, validated by the same schema.
+    assert FitOptions.from_kwargs(**config.fit_kwargs()).describe() == options
 
 
 def test_overrides_are_yaml_values_at_dotted_paths(config_file):

@@ -156,7 +156,7 @@ def test_worker_env_reads_torchrun_variables(monkeypatch, no_torchrun_env):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "4")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    assert distributed.worker_env() == distributed.WorkerEnv(3, 4, 1)
+    assert distributed.worker_env() == distributed.Communicator(3, 4, 1)
     monkeypatch.setenv("RANK", "4")
     with pytest.raises(ValueError, match="RANK must be < WORLD_SIZE=4, got 4"):
         distributed.worker_env()
@@ -204,7 +204,7 @@ def test_nproc_under_torchrun_is_refused(tmp_path, monkeypatch, capsys):
 
 def test_fit_validates_sync_batchnorm():
     x, y = torch.randn(8, 3), torch.randint(0, 2, (8,))
-    with pytest.raises(ValueError, match="sync_batchnorm must be True or False, got 'yes'"):
+    with pytest.raises(ValueError, match="sync_batchnorm: Input should be a valid boolean"):
         fit(torch.nn.Linear(3, 2), (x, y), sync_batchnorm="yes", quiet=True)
 
 

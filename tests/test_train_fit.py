@@ -424,9 +424,12 @@ def test_run_directory_files_and_report(tmp_path):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(epochs=0), "epochs must be an integer >= 1, got 0"),
-        (dict(batch_size=-1), "batch_size must be an integer >= 1, got -1"),
-        (dict(on_nonfinite="ignore"), "on_nonfinite must be one of"),
+        (dict(epochs=0), "fit: epochs: Input should be greater than or equal to 1, got 0"),
+        (dict(batch_size=-1), "batch_size: Input should be greater than or equal to 1, got -1"),
+        (dict(on_nonfinite="ignore"), "on_nonfinite: Input should be 'stop' or 'skip'"),
+        (dict(accumulate=3), "fit: batch_size=100 must be divisible by accumulate=3"),
+        (dict(precision="fp8"), "precision: Input should be 'fp32', 'bf16' or 'fp16'"),
+        (dict(num_workers=-1), "num_workers: Input should be greater than or equal to 0"),
         (dict(optimizer="nesterof"), "did you mean 'nesterov'"),
         (dict(schedule="linear"), "did you mean 'linear-decay'"),
         (dict(loss="cross-entropy"), "did you mean 'cross_entropy'"),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from ravine.train import CheckpointError, EarlyStopping, load_checkpoint, save_checkpoint
 from ravine.train.checkpoint import rng_state, set_rng_state
-from ravine.train.metrics import MetricsLog, evaluate_sums, read_metrics, resolve_loss
+from ravine.train.metrics import MetricsLog, Objective, read_metrics, resolve_loss
 
 
 def test_checkpoint_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
@@ -137,8 +137,11 @@ def test_evaluation_sums_equal_the_full_batch_means():
     y = torch.randint(0, 3, (37,), generator=g)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Dropout(0.5)).double()
     model.train()
-    mean, summed = resolve_loss("cross_entropy")
-    sums = evaluate_sums(model, x, y, summed, batch_size=10, classification=True)
+    mean, _ = resolve_loss("cross_entropy")
+    objective = Objective("cross_entropy", classification="multiclass",
+                          metrics={"max_logit": lambda out, t: out.max(1).values.mean()})
+    batches = [(x[i : i + 10], y[i : i + 10]) for i in range(0, 37, 10)]
+    sums = objective.eval_sums(model, batches)
     assert model.training  # mode restored
     model.eval()
     with torch.no_grad():
@@ -146,6 +149,10 @@ def test_evaluation_sums_equal_the_full_batch_means():
     assert sums[0].item() == pytest.approx(F.cross_entropy(out, y).item() * 37, rel=1e-12)
     assert sums[1].item() == (out.argmax(1) == y).sum().item()
     assert sums[2].item() == 37
+    # a metric's per-batch means, weighted by batch size, average to the full-set mean
+    assert sums[3].item() == pytest.approx(out.max(1).values.sum().item(), rel=1e-12)
+    record = objective.summarize(sums, "val")
+    assert record["val_max_logit"] == pytest.approx(out.max(1).values.mean().item(), rel=1e-12)
     assert mean(out, y).item() == pytest.approx(F.cross_entropy(out, y).item(), rel=1e-12)
 
 

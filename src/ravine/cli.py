@@ -40,8 +40,6 @@ EXIT_INTERRUPTED = 130
 
 
 def _train(args: argparse.Namespace) -> int:
-    import torch
-
     from ravine.config import load_config
     from ravine.train import distributed, fit
 
@@ -49,16 +47,14 @@ def _train(args: argparse.Namespace) -> int:
     if args.nproc is not None:
         return _launch(args, config)
     with distributed.process_group(config.device) as env:
-        splits = config.data.load(config.seed)
-        # The model's initial weights come from the run's seed, like everything else.
-        torch.manual_seed(config.seed)
-        model = config.model.build(splits)
+        run = config.build()
         result = fit(
-            model,
-            splits.train,
-            splits.val,
-            test=splits.test,
-            **config.fit_options(),
+            run.model,
+            run.splits.train,
+            run.splits.val,
+            test=run.splits.test,
+            **config.fit_kwargs(),
+            run_dir=config.run_dir,
             quiet=True if args.quiet else None,
             resume=args.resume,
             overwrite=args.overwrite,

@@ -414,3 +414,35 @@ def build(spec: dict[str, Any]) -> nn.Module:
     if missing:
         raise ValueError(f"model kind {kind!r} needs {', '.join(map(repr, missing))}")
     return builder(**kwargs)
+
+
+# Sizes a model takes from its data rather than from its spec (see for_data).
+FROM_DATA = ("in_features", "out_features", "in_length", "in_channels")
+
+
+def for_data(
+    spec: dict[str, Any], num_features: int | tuple[int, ...], num_outputs: int
+) -> nn.Module:
+    """:func:`build` ``spec`` with the input and output sizes filled in from the data.
+
+    ``num_features`` is the features per example (``int``) or one example's shape; sizes given
+    in ``spec`` win. An MLP takes flat vectors, a ``cnn1d`` signals ``(L,)`` and a ``cnn2d``
+    images ``(C, S, S)``.
+
+    Raises:
+        ValueError: the kind does not suit the data's shape (e.g. a 1-D CNN on images).
+    """
+    shape = num_features if isinstance(num_features, tuple) else (num_features,)
+    kind = spec.get("kind")
+    sized: dict[str, Any] = {"out_features": num_outputs}
+    if kind == "mlp":
+        sized["in_features"] = num_features
+    elif kind == "cnn1d":
+        if len(shape) != 1:
+            raise ValueError(f"kind 'cnn1d' needs 1-D signals, the data has shape {shape}")
+        sized["in_length"] = shape[0]
+    elif kind == "cnn2d":
+        if len(shape) != 3:
+            raise ValueError(f"kind 'cnn2d' needs images (C, S, S), the data has shape {shape}")
+        sized.update(in_channels=shape[0], image_size=shape[1])
+    return build({**sized, **spec})

@@ -347,7 +347,6 @@ class TrainStudy:
     def objective(self, *, pruning: bool) -> Callable[[optuna.Trial], float]:
         """The Optuna objective: train the config with sampled values, as ``ravine train``
         would (same seed, split and initialization), without writing a run directory."""
-        import torch
 
         from ravine.config import validate_config
         from ravine.train import NonFiniteLossError, fit
@@ -355,10 +354,9 @@ class TrainStudy:
         def objective(trial: optuna.Trial) -> float:
             values = {path: space.suggest(trial, path) for path, space in self.spaces.items()}
             config = validate_config(substitute(self.raw, values))
-            splits = config.data.load(config.seed)
-            torch.manual_seed(config.seed)
-            model = config.model.build(splits)
-            options = {**config.fit_options(), "run_dir": None}
+            run = config.build()
+            splits, model = run.splits, run.model
+            options = config.fit_kwargs()
             callbacks = [pruning_callback(trial, self)] if pruning else []  # type: ignore[arg-type]
             history: list[dict[str, Any]] = []
             try:

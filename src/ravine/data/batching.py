@@ -123,11 +123,21 @@ class _IndexBatches:
 
     def __iter__(self) -> Iterator[Tensor]:
         epoch, start = self.epoch, self._position
-        for step, global_batch in enumerate(self._epoch_batches(epoch, start), start):
+        for step, shard in enumerate(self.epoch_batches(epoch, start), start):
             self._position = step + 1
-            yield self._shard(global_batch)
+            yield shard
         self.epoch = epoch + 1
         self._position = 0
+
+    def epoch_batches(self, epoch: int, start: int = 0) -> Iterator[Tensor]:
+        """This rank's shares of the batches of ``epoch`` from in-epoch step ``start`` on.
+
+        A pure function of the settings and its arguments: it neither reads nor moves the
+        position, so a consumer that buffers ahead (a DataLoader's prefetching) can keep its
+        own count of what it has used.
+        """
+        for global_batch in self._epoch_batches(epoch, start):
+            yield self._shard(global_batch)
 
     def shard_sizes(self, step: int) -> list[int]:
         """Sizes of every rank's share of the global batch at in-epoch ``step`` (0-based).

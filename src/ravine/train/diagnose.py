@@ -24,6 +24,7 @@ import yaml
 
 from ravine.config import load_config, validate_config
 from ravine.train.checkpoint import CheckpointError, load_checkpoint
+from ravine.train.loop import build_optimizer
 from ravine.train.metrics import read_metrics, resolve_loss
 from ravine.train.report import write_report
 
@@ -53,12 +54,8 @@ def _load(path: Path) -> tuple[Any, Path]:
 
 
 def _true_last_state(config: Any, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    from ravine.train.trainer import build_optimizer
-
-    options = config.fit_options()
-    opt, _ = build_optimizer(
-        options["optimizer"], model, None, config.weight_decay, config.clip_norm
-    )
+    opt = build_optimizer(config.optimizer.spec(), model, config.lr, config.weight_decay,
+                          config.clip_norm)
     opt.load_state_dict(ckpt["optimizer"])
     to_true = getattr(opt, "to_true_params", None)
     if to_true is not None:
@@ -87,14 +84,13 @@ def diagnose_run(
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     config, root = _load(Path(path))
-    splits = config.data.load(config.seed)
-    torch.manual_seed(config.seed)
-    model = config.model.build(splits)
+    run = config.build()
+    splits, model = run.splits, run.model
     steps: list[dict[str, Any]] = []
     epochs: list[dict[str, Any]] = []
     if (root / "metrics.jsonl").exists():
         epochs, steps, _ = read_metrics(root / "metrics.jsonl")
-    lr = config.optimizer.options().get("lr")
+    lr = config.optimizer.given().get("lr")
     if checkpoint != "init":
         ckpt_path = root / "checkpoints" / f"{checkpoint}.pt"
         if not ckpt_path.exists():
@@ -125,7 +121,7 @@ def diagnose_run(
         out_dir,
         lr=lr,
         batch_size=config.batch_size,
-        momentum=config.optimizer.options().get("momentum"),
+        momentum=config.optimizer.given().get("momentum"),
         adaptive=name in ADAPTIVE,
         clip_fraction=(sum(clipped) / len(clipped)) if config.clip_norm and clipped else None,
         max_examples=examples,

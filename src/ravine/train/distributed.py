@@ -86,7 +86,7 @@ import torch.distributed as dist
 from torch import nn
 
 __all__ = [
-    "WorkerEnv",
+    "Communicator",
     "is_worker",
     "worker_env",
     "backend_for",
@@ -110,15 +110,67 @@ _AGENT_SIGNALS = ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT")
 
 
 @dataclass(frozen=True)
-class WorkerEnv:
-    """This process's place in a job started by torchrun.
+class Communicator:
+    """This process's place in a data-parallel job, and the collectives the loop uses.
 
-    From the variables torchrun sets: ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``.
+    A single process is rank 0 of 1 and every collective is a no-op there, so the training loop
+    has no branches on the number of processes. In a job started by torchrun the values come
+    from ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``; only rank 0 writes files.
     """
 
-    rank: int
-    world_size: int
-    local_rank: int
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def parallel(self) -> bool:
+        return self.world_size > 1
+
+    def all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over ranks, in place (and return it)."""
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def all_reduce_async(self, tensor: torch.Tensor) -> Any:
+        """Start summing ``tensor`` over ranks; ``.wait()`` on the result before reading it."""
+        if self.world_size > 1:
+            return dist.all_reduce(tensor, async_op=True)
+        return _Done()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (picklable), indexed by rank."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+    def sync_buffers(self, model: nn.Module) -> None:
+        """Copy rank 0's buffers (e.g. batch-norm running statistics) to every rank."""
+        if self.world_size > 1:
+            sync_buffers(model)
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """``model`` in DDP on ``device`` (:func:`wrap`); the model itself in one process."""
+        return wrap(model, device) if self.world_size > 1 else model
+
+    def no_sync(self, net: nn.Module) -> Any:
+        """DDP's ``no_sync()`` (skip the gradient all-reduce), or nothing in one process."""
+        return net.no_sync() if self.world_size > 1 else contextlib.nullcontext()
+
+    def seed(self, seed: int) -> int:
+        """This rank's seed for the global generators (:func:`rank_seed`)."""
+        return rank_seed(seed, self.rank)
+
+
+class _Done:
+    def wait(self) -> None:
+        return None
 
 
 def _env_int(name: str, minimum: int) -> int:
@@ -137,7 +189,7 @@ def is_worker() -> bool:
     return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
-def worker_env() -> WorkerEnv | None:
+def worker_env() -> Communicator | None:
     """The data-parallel environment torchrun set up, or ``None`` in an ordinary process.
 
     Raises:
@@ -150,7 +202,7 @@ def worker_env() -> WorkerEnv | None:
     local_rank = _env_int("LOCAL_RANK", 0)
     if rank >= world_size:
         raise ValueError(f"environment variable RANK must be < WORLD_SIZE={world_size}, got {rank}")
-    return WorkerEnv(rank, world_size, local_rank)
+    return Communicator(rank, world_size, local_rank)
 
 
 def backend_for(device: str | torch.device) -> str:
@@ -158,21 +210,21 @@ def backend_for(device: str | torch.device) -> str:
     return "nccl" if torch.device(device).type == "cuda" else "gloo"
 
 
-def _init(env: WorkerEnv, device: str | torch.device) -> None:
+def _init(env: Communicator, device: str | torch.device) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend_for(device), rank=env.rank, world_size=env.world_size)
 
 
 @contextlib.contextmanager
-def process_group(device: str | torch.device = "cpu") -> Iterator[WorkerEnv | None]:
+def process_group(device: str | torch.device = "cpu") -> Iterator[Communicator | None]:
     """Join torchrun's process group for the duration of the block (and leave it afterwards).
 
     Outside torchrun, or when the default group already exists, it does nothing. On CUDA each
     process uses the GPU numbered by its ``LOCAL_RANK``.
 
     Yields:
-        The :class:`WorkerEnv`, or ``None`` outside torchrun.
+        The :class:`Communicator`, or ``None`` outside torchrun.
     """
     env = worker_env()
     if env is None or dist.is_initialized():
@@ -185,19 +237,20 @@ def process_group(device: str | torch.device = "cpu") -> Iterator[WorkerEnv | No
         _leave()
 
 
-def join(device: str | torch.device = "cpu") -> tuple[int, int]:
-    """``(rank, world_size)`` of this process, joining torchrun's group if not done yet.
+def join(device: str | torch.device = "cpu") -> Communicator:
+    """This process's :class:`Communicator`, joining torchrun's group if not done yet.
 
     :func:`ravine.fit` calls this, so a script started by torchrun needs no setup of its own;
-    a group created here is left at interpreter exit.
+    a group created here is left at interpreter exit. Outside torchrun: rank 0 of 1.
     """
+    env = worker_env()
     if not dist.is_initialized():
-        env = worker_env()
         if env is None:
-            return 0, 1
+            return Communicator()
         _init(env, device)
         atexit.register(_leave)
-    return dist.get_rank(), dist.get_world_size()
+    local = env.local_rank if env is not None else 0
+    return Communicator(dist.get_rank(), dist.get_world_size(), local)
 
 
 def _leave() -> None:

@@ -10,7 +10,7 @@ import difflib
 import json
 import math
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ravine.data.sources import batch_examples
 from ravine.train.checkpoint import CheckpointError
 
-__all__ = ["LossFn", "resolve_loss", "evaluate_sums", "summarize", "MetricsLog", "read_metrics"]
+__all__ = ["LossFn", "Objective", "resolve_loss", "correct_count", "MetricsLog", "read_metrics"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
-LOSSES = ("cross_entropy", "mse")
+LOSSES = ("cross_entropy", "mse", "bce")
 
 
 def _mse(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
@@ -40,12 +41,25 @@ def _mse_sum(output: Tensor, target: Tensor) -> Tensor:
     return _mse(output, target, reduction="sum") / per_example
 
 
+def _bce(output: Tensor, target: Tensor, reduction: str = "mean") -> Tensor:
+    if output.shape != target.shape and output.numel() == target.numel():
+        output = output.reshape(target.shape)
+    return F.binary_cross_entropy_with_logits(output, target.to(output.dtype),
+                                              reduction=reduction)
+
+
+def _bce_sum(output: Tensor, target: Tensor) -> Tensor:
+    per_example = max(target[:1].numel(), 1)
+    return _bce(output, target, reduction="sum") / per_example
+
+
 def resolve_loss(loss: str | LossFn) -> tuple[LossFn, LossFn]:
     """``(mean_loss, summed_loss)`` for a loss name or a callable returning the batch mean.
 
     ``"cross_entropy"`` is ``-log softmax(f(x))_y``; ``"mse"`` is ``‖f(x) - y‖²`` averaged over
-    elements. A user callable ``loss(output, target)`` must return the mean over the batch; its
-    sum is taken as ``mean × batch size``.
+    elements; ``"bce"`` is the binary cross-entropy of the logit ``f(x)`` against a 0/1 target.
+    A user callable ``loss(output, target)`` must return the mean over the batch; its sum is
+    taken as ``mean × batch size``.
     """
     if callable(loss):
         user = loss
@@ -54,6 +68,8 @@ def resolve_loss(loss: str | LossFn) -> tuple[LossFn, LossFn]:
         return F.cross_entropy, lambda out, y: F.cross_entropy(out, y, reduction="sum")
     if loss == "mse":
         return _mse, _mse_sum
+    if loss == "bce":
+        return _bce, _bce_sum
     close = difflib.get_close_matches(str(loss), LOSSES, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown loss {loss!r}{hint} (valid: {', '.join(LOSSES)} or a callable)")
@@ -64,43 +80,119 @@ def correct_count(output: Tensor, target: Tensor) -> Tensor:
     return (output.argmax(dim=-1) == target).sum()
 
 
-@torch.no_grad()
-def evaluate_sums(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    summed_loss: LossFn,
-    *,
-    batch_size: int,
-    classification: bool,
-) -> Tensor:
-    """``[Σ loss, Σ correct, count]`` (float64) of ``model`` in eval mode over ``(x, y)``.
+def binary_correct_count(output: Tensor, target: Tensor) -> Tensor:
+    """Number of examples whose logit's sign matches the 0/1 target."""
+    return ((output.reshape(target.shape) > 0) == (target > 0.5)).sum()
 
-    The model's train/eval mode is restored afterwards.
+
+class Objective:
+    """How a batch becomes a loss, an accuracy and metrics, in training and in evaluation.
+
+    Statistics travel as one float64 vector ``[Σ loss, Σ correct, count, Σ metric_1, ...]`` of
+    *sums* over examples, so that the shares of several data-parallel processes and of several
+    micro-batches combine by plain addition before dividing.
+
+    Args:
+        loss: a loss name or ``loss(output, target) -> batch mean`` (see :func:`resolve_loss`).
+        classification: ``"multiclass"`` (arg-max accuracy), ``"binary"`` (sign of the logit)
+            or ``None``.
+        compute_loss: ``fn(model, batch) -> loss`` or ``(loss, {name: value})`` for batches
+            that are not ``(x, y)``; the values are per-batch means, averaged by batch size.
+        metrics: ``{name: fn(output, target) -> value}`` evaluated on ``(x, y)`` batches.
     """
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(3, dtype=torch.float64, device=x.device)
-    try:
-        for start in range(0, x.shape[0], batch_size):
-            xb, yb = x[start : start + batch_size], y[start : start + batch_size]
-            out = model(xb)
-            sums[0] += summed_loss(out, yb).double()
-            if classification:
-                sums[1] += correct_count(out, yb)
-            sums[2] += yb.shape[0]
-    finally:
-        model.train(was_training)
-    return sums
 
+    def __init__(
+        self,
+        loss: str | LossFn = "cross_entropy",
+        *,
+        classification: str | None = None,
+        compute_loss: Callable[..., Any] | None = None,
+        metrics: dict[str, Callable[[Tensor, Tensor], Any]] | None = None,
+    ) -> None:
+        self.mean_loss, self.summed_loss = resolve_loss(loss)
+        self.classification = classification
+        self.compute_loss = compute_loss
+        self.metrics = dict(metrics or {})
+        self.names: list[str] = list(self.metrics)
+        self._correct = binary_correct_count if classification == "binary" else correct_count
 
-def summarize(sums: Tensor, prefix: str, *, classification: bool) -> dict[str, float]:
-    """Turn ``[Σ loss, Σ correct, count]`` into ``{prefix_loss, prefix_acc}`` means."""
-    loss_sum, correct, count = sums.tolist()
-    record = {f"{prefix}_loss": loss_sum / count if count else math.nan}
-    if classification:
-        record[f"{prefix}_acc"] = correct / count if count else math.nan
-    return record
+    def width(self) -> int:
+        return 3 + len(self.names)
+
+    def _extra_names(self, found: dict[str, Any]) -> None:
+        for key in found:
+            if key not in self.names:
+                self.names.append(key)
+
+    def train_forward(self, model: nn.Module, batch: Any) -> tuple[Tensor, int, Any, dict]:
+        """``(mean loss, examples, correct count or None, {metric: batch mean})``."""
+        if self.compute_loss is not None:
+            out = self.compute_loss(model, batch)
+            extra: dict[str, Any] = {}
+            if isinstance(out, tuple):
+                out, extra = out
+            self._extra_names(extra)
+            return out, batch_examples(batch), None, extra
+        x, y = batch
+        out = model(x)
+        n = y.shape[0]
+        if n == 0:
+            # A rank whose share of the last batch is empty must still join DDP's backward.
+            return out.sum() * 0.0, 0, None, {}
+        correct = self._correct(out.detach(), y) if self.classification else None
+        return self.mean_loss(out, y), n, correct, {}
+
+    @torch.no_grad()
+    def eval_sums(self, model: nn.Module, batches: Iterable[Any]) -> Tensor:
+        """``[Σ loss, Σ correct, count, Σ metrics...]`` (float64) of ``model`` in eval mode.
+
+        The model's train/eval mode is restored afterwards.
+        """
+        was_training = model.training
+        model.eval()
+        rows: list[list[float]] = []
+        sums = None
+        try:
+            for batch in batches:
+                if self.compute_loss is not None:
+                    loss, n, _, extra = self.train_forward(model, batch)
+                    row = [float(loss) * n, 0.0, float(n)]
+                    row += [float(extra.get(k, 0.0)) * n for k in self.names]
+                    rows.append(row)
+                    continue
+                x, y = batch
+                out = model(x)
+                if sums is None:
+                    sums = torch.zeros(self.width(), dtype=torch.float64, device=out.device)
+                sums[0] += self.summed_loss(out, y).double()
+                if self.classification:
+                    sums[1] += self._correct(out, y)
+                sums[2] += y.shape[0]
+                for i, name in enumerate(self.names):
+                    sums[3 + i] += float(self.metrics[name](out, y)) * y.shape[0]
+        finally:
+            model.train(was_training)
+        if self.compute_loss is not None:
+            width = self.width()
+            total = torch.zeros(width, dtype=torch.float64)
+            for row in rows:
+                total[: len(row)] += torch.tensor(row, dtype=torch.float64)
+            return total
+        if sums is None:
+            sums = torch.zeros(self.width(), dtype=torch.float64)
+        return sums
+
+    def summarize(self, sums: Tensor, prefix: str) -> dict[str, float]:
+        """Turn the sums vector into ``{prefix_loss, prefix_acc, prefix_<metric>}`` means."""
+        values = sums.tolist()
+        count = values[2]
+        record = {f"{prefix}_loss": values[0] / count if count else math.nan}
+        if self.classification:
+            record[f"{prefix}_acc"] = values[1] / count if count else math.nan
+        for i, name in enumerate(self.names):
+            if 3 + i < len(values):
+                record[f"{prefix}_{name}"] = values[3 + i] / count if count else math.nan
+        return record
 
 
 def _jsonable(value: Any) -> Any:
