@@ -16,16 +16,11 @@ Example:
     ...     pass
 """
 
+from ravine.data.arrays import ArrayDataset, iterate
 from ravine.data.batching import EpochBatches, RandomBatches, batches
-from ravine.data.datasets import (
-    ArrayDataset,
-    Splits,
-    cache_dir,
-    iterate,
-    load,
-    names,
-    quadratic_problem,
-)
+from ravine.data.builtin import cache_dir, quadratic_problem
+from ravine.data.loading import load, names
+from ravine.data.splits import Splits
 
 __all__ = [
     "ArrayDataset",
