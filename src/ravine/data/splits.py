@@ -58,6 +58,7 @@ class Splits:
         num_features: features per example (``int``), or the shape of one example (``tuple``) for
             multi-dimensional inputs such as ``(1, 8, 8)`` images.
         num_classes: number of classes K (labels ``0..K-1``); 0 for regression.
+            (:attr:`num_outputs` gives the model's output width for either task.)
         task: ``"classification"`` or ``"regression"``.
         name: the dataset name, or the file name for user data.
         info: source-specific facts, e.g. ``classes`` (original labels), ``split_indices``,
@@ -72,6 +73,18 @@ class Splits:
     task: str
     name: str
     info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_outputs(self) -> int:
+        """The model's output width: ``num_classes`` for classification, else the number of target
+        values per example (k for targets of shape (N, k), 1 for 1-D targets of shape (N,))."""
+        if self.task == "classification":
+            return self.num_classes
+        if isinstance(self.train, ArrayDataset):
+            target_shape = self.train.y.shape[1:]
+        else:
+            target_shape = torch.as_tensor(self.train[0][1]).shape
+        return math.prod(target_shape)
 
 
 # --------------------------------------------------------------------------- validation helpers
