@@ -416,7 +416,7 @@ def test_unknown_names_and_options_suggest_the_closest() -> None:
         load("digits", seed=-1)
     with raises_exactly("as_images must be True or False, got 1"):
         load("digits", as_images=1)
-    assert data.names() == ["mnist1d", "digits", "quadratic"]
+    assert data.names() == ["mnist1d", "digits", "quadratic", "image-folder"]
 
 
 # --------------------------------------------------------------------------- NPZ

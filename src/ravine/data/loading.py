@@ -2,10 +2,12 @@
 
 ``load(name_or_path, seed=..., val_fraction=..., **options)`` returns a :class:`Splits` of train /
 validation / test datasets. A name is looked up in :data:`SOURCES` (the built-in datasets of
-:mod:`ravine.data.builtin`); anything else is a path, loaded by the file format its suffix names
-in :data:`FILE_FORMATS` (:mod:`ravine.data.formats`). A source is a function taking the
-keyword-only arguments ``seed``, ``val_fraction`` (a file format also the path, positionally, and
-the name to use in messages) and its own options, which ``load`` checks against its signature.
+:mod:`ravine.data.builtin`, and ``image-folder`` of :mod:`ravine.data.image_folder`); anything
+else is a path, loaded by the file format its suffix names in :data:`FILE_FORMATS`
+(:mod:`ravine.data.formats`). A source is a function taking the keyword-only arguments ``seed``,
+``val_fraction`` (a file format also the path, positionally, and the name to use in messages) and
+its own options, which ``load`` checks against its signature: unknown options and missing
+required ones (those without a default) are errors.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from ravine.data.builtin import load_digits, load_mnist1d, load_quadratic
 from ravine.data.formats import load_csv, load_npz
+from ravine.data.image_folder import load_image_folder
 from ravine.data.splits import Splits, check_fraction, closest
 
 __all__ = ["FILE_FORMATS", "SOURCES", "load", "names"]
@@ -26,21 +29,27 @@ SOURCES: dict[str, Callable[..., Splits]] = {
     "mnist1d": load_mnist1d,
     "digits": load_digits,
     "quadratic": load_quadratic,
+    "image-folder": load_image_folder,
 }
 FILE_FORMATS: dict[str, Callable[..., Splits]] = {".csv": load_csv, ".npz": load_npz}
 
 
 def names() -> list[str]:
-    """Names of the built-in datasets."""
+    """Names that :func:`load` accepts in place of a path: the built-in datasets, image-folder."""
     return list(SOURCES)
 
 
 def _check_options(loader: Callable[..., Splits], kw: dict[str, Any], where: str) -> None:
-    allowed = [
-        p.name
+    options = [
+        p
         for p in inspect.signature(loader).parameters.values()
         if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("seed", "val_fraction")
     ]
+    allowed = [p.name for p in options]
+    required = [p.name for p in options if p.default is inspect.Parameter.empty]
+    for key in required:
+        if key not in kw:
+            raise ValueError(f"{where}: missing option {key!r} (required: {', '.join(required)})")
     for key in kw:
         if key not in allowed:
             raise ValueError(
@@ -54,12 +63,13 @@ def load(
 ) -> Splits:
     """Load a dataset as train / validation / test splits.
 
-    The sources are described in :mod:`ravine.data.builtin` and :mod:`ravine.data.formats`;
-    splitting, labels and standardization in :mod:`ravine.data.splits`.
+    The sources are described in :mod:`ravine.data.builtin`, :mod:`ravine.data.formats` and
+    :mod:`ravine.data.image_folder`; splitting, labels and standardization in
+    :mod:`ravine.data.splits`.
 
     Args:
-        name_or_path: ``"mnist1d"``, ``"digits"``, ``"quadratic"``, or a path to a ``.csv`` /
-            ``.npz`` file (a built-in name wins over a file of the same name).
+        name_or_path: ``"mnist1d"``, ``"digits"``, ``"quadratic"``, ``"image-folder"``, or a path
+            to a ``.csv`` / ``.npz`` file (a source's name wins over a file of the same name).
         seed: seed of the random split (and of the quadratic problem's data).
         val_fraction: fraction of the non-test examples held out for validation, in [0, 1);
             0 gives ``splits.val = None``.
@@ -67,7 +77,8 @@ def load(
             ``as_images``, ``test_fraction``, ``standardize``, ``batch_size``, ``dtype``. quadratic:
             ``kappa``, ``dim``, ``n``, ``noise``, ``test_fraction``, ``batch_size``, ``dtype``.
             CSV: ``label``, ``task``, ``test_fraction``, ``standardize``, ``batch_size``, ``dtype``;
-            NPZ: the same without ``label``.
+            NPZ: the same without ``label``. image-folder: ``root`` and ``size`` (required),
+            ``grayscale``, ``test_fraction``, ``batch_size``, ``dtype``.
 
     Raises:
         ValueError: unknown name or option, bad option value, or malformed file; file errors name

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from ravine.data.arrays import ArrayDataset
 
@@ -54,7 +55,9 @@ class Splits:
     """Train / validation / test splits of one problem.
 
     Attributes:
-        train, val, test: the splits; ``val`` is ``None`` when ``val_fraction == 0``.
+        train, val, test: the splits, map-style torch datasets of ``(x, y)`` pairs: an in-memory
+            :class:`ArrayDataset` for most sources, lazily loaded ones for an image folder;
+            ``val`` is ``None`` when ``val_fraction == 0``.
         num_features: features per example (``int``), or the shape of one example (``tuple``) for
             multi-dimensional inputs such as ``(1, 8, 8)`` images.
         num_classes: number of classes K (labels ``0..K-1``); 0 for regression.
@@ -65,9 +68,9 @@ class Splits:
             standardization ``mean``/``std``, the quadratic problem's ``hessian_eigenvalues``.
     """
 
-    train: ArrayDataset
-    val: ArrayDataset | None
-    test: ArrayDataset
+    train: Dataset
+    val: Dataset | None
+    test: Dataset
     num_features: int | tuple[int, ...]
     num_classes: int
     task: str
