@@ -200,6 +200,8 @@ def test_test_folder_with_other_classes(tmp_path: Path) -> None:
 
 def test_missing_or_empty_folders(tmp_path: Path) -> None:
     absent = tmp_path / "absent"
+    with raises_exactly("image-folder: root must be the path of a folder, got 3"):
+        data.load("image-folder", root=3, size=[4, 4])
     with raises_exactly(f"image-folder: root '{absent}' does not exist"):
         data.load("image-folder", root=absent, size=[4, 4])
     file = tmp_path / "file.png"

@@ -200,6 +200,8 @@ def load_image_folder(
     check_bool("grayscale", grayscale)
     check_batch_size(batch_size)
     dtype = as_dtype(dtype)
+    if not isinstance(root, (str, os.PathLike)):
+        raise ValueError(f"{_WHERE}: root must be the path of a folder, got {root!r}")
     directory = Path(root).expanduser()
     if not directory.exists():
         raise ValueError(f"{_WHERE}: root '{root}' does not exist")
