@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 from pathlib import Path
@@ -415,7 +416,7 @@ def test_unknown_names_and_options_suggest_the_closest() -> None:
         load("digits", seed=-1)
     with raises_exactly("as_images must be True or False, got 1"):
         load("digits", as_images=1)
-    assert data.names() == ["mnist1d", "digits", "quadratic"]
+    assert data.names() == ["mnist1d", "digits", "quadratic", "image-folder"]
 
 
 # --------------------------------------------------------------------------- NPZ
@@ -479,6 +480,33 @@ def test_npz_that_is_not_an_archive_or_too_small(tmp_path: Path) -> None:
     np.savez(small, x=np.zeros((20, 2)), y=np.arange(20) % 2)
     with raises_exactly(f"{small}: the training split has 14 examples"):
         load(small, batch_size=15)
+
+
+# --------------------------------------------------------------------------- num_outputs
+
+
+def test_num_outputs_is_the_class_count_or_the_target_width(tmp_path: Path) -> None:
+    digits = load("digits", seed=0)
+    assert digits.num_outputs == len(np.unique(load_digits().target))
+    quadratic = load("quadratic", seed=0, dim=3, n=10)
+    assert quadratic.num_outputs == quadratic.train.y.shape[1] == 1
+    targets = np.random.default_rng(0).normal(size=(20, 3))
+    np.savez(tmp_path / "r.npz", x=np.arange(40.0).reshape(20, 2), y=targets)
+    assert load(tmp_path / "r.npz").num_outputs == targets.shape[1]
+    x = torch.zeros(5, 2)
+    one_d = data.Splits(
+        ArrayDataset(x, torch.zeros(5)),
+        None,
+        ArrayDataset(x, torch.zeros(5)),
+        num_features=2,
+        num_classes=0,
+        task="regression",
+        name="1-D",
+    )
+    assert one_d.num_outputs == 1
+    # A dataset that is not held in memory is asked for one example's target.
+    lazy = PerExampleDataset(x, torch.zeros(5, 2, 3))
+    assert dataclasses.replace(one_d, train=lazy).num_outputs == 2 * 3
 
 
 # --------------------------------------------------------------------------- iterate

@@ -4,7 +4,8 @@
   (a fresh sample every step) yield index tensors, resumable mid-epoch and shardable across
   data-parallel ranks; :func:`batches` builds one by name.
 * :func:`load` returns :class:`Splits` of :class:`ArrayDataset` s for ``mnist1d``, ``digits``,
-  ``quadratic`` or a user ``.csv`` / ``.npz`` file.
+  ``quadratic`` or a user ``.csv`` / ``.npz`` file, and of lazily decoded image datasets for an
+  ``image-folder`` (class folders of image files, as torchvision's ``ImageFolder`` reads them).
 * :func:`iterate` turns index batches into minibatches: an :class:`ArrayDataset` by tensor
   indexing, any other dataset through torch's DataLoader.
 
@@ -16,16 +17,11 @@ Example:
     ...     pass
 """
 
+from ravine.data.arrays import ArrayDataset, iterate
 from ravine.data.batching import EpochBatches, RandomBatches, batches
-from ravine.data.datasets import (
-    ArrayDataset,
-    Splits,
-    cache_dir,
-    iterate,
-    load,
-    names,
-    quadratic_problem,
-)
+from ravine.data.builtin import cache_dir, quadratic_problem
+from ravine.data.loading import load, names
+from ravine.data.splits import Splits
 
 __all__ = [
     "ArrayDataset",
