@@ -175,6 +175,8 @@ def standalone(name: str, opt, warmup: int):
         "inverse-time": lambda: InverseTime(opt, 3),
         "step": lambda: StepLR(opt, 4, 0.5),
         "cosine": lambda: CosineAnnealingLR(opt, 30 - warmup, 0.004),
+        # per-step calls alone never reduce the rate: constant after the warmup
+        "reduce-on-plateau": lambda: schedules.EpochStepped(ReduceLROnPlateau(opt, patience=2)),
     }[name]()
 
 
@@ -184,6 +186,7 @@ CREATE_KW = {
     "inverse-time": {"decay_steps": 3},
     "step": {"step_size": 4, "gamma": 0.5},
     "cosine": {"eta_min": 0.004},
+    "reduce-on-plateau": {"patience": 2},
 }
 
 

@@ -15,7 +15,8 @@ enough to average out the minibatch noise. Each schedule below says whether it m
   proportional to :math:`1/k` for large :math:`k`.
 * :func:`linear_warmup` / :class:`LinearWarmup` -- a linear ramp put in front of any schedule.
 * constant, step and cosine come from torch's own ``LambdaLR``, ``StepLR`` and
-  ``CosineAnnealingLR`` through :func:`create`.
+  ``CosineAnnealingLR`` through :func:`create`; ``reduce-on-plateau`` from torch's
+  ``ReduceLROnPlateau``, stepped once per epoch by :class:`EpochStepped`.
 
 The schedulers are ordinary :class:`torch.optim.lr_scheduler.LRScheduler` objects, so
 they work with every torch optimizer (ravine's or ``torch.optim``'s), respect
@@ -23,7 +24,10 @@ per-parameter-group learning rates (each group decays from its own base rate
 :math:`\alpha`, ``group["initial_lr"]``) and save and resume through
 ``state_dict()`` / ``load_state_dict()``. Step counts are optimizer steps: call
 ``sched.step()`` once after every ``opt.step()``; step :math:`k = 0` is the first
-optimizer step.
+optimizer step. A schedule that moves once per epoch instead (``reduce-on-plateau``, or a
+user's scheduler wrapped by :func:`wrap_user_scheduler` with ``interval="epoch"``) also has
+``sched.epoch_end(value)``, called once after each epoch's evaluation with the monitored
+value; :func:`is_epoch_driven` tells which kind a schedule is.
 
 Example:
     >>> import torch
@@ -63,6 +67,9 @@ __all__ = [
     "LinearDecay",
     "InverseTime",
     "LinearWarmup",
+    "EpochStepped",
+    "is_epoch_driven",
+    "wrap_user_scheduler",
     "create",
     "names",
     "trace",
@@ -119,6 +126,15 @@ def _set_lr(group: dict[str, Any], value: float | torch.Tensor) -> None:
         group["lr"].fill_(float(value))
     else:
         group["lr"] = value
+
+
+def _ramp(optimizer: Optimizer, targets: list[Any], step: int, warmup_steps: int) -> None:
+    """Set the rates of step ``step <= warmup_steps`` of a linear warmup towards ``targets``."""
+    for group, target in zip(optimizer.param_groups, targets, strict=True):
+        if step < warmup_steps:
+            _set_lr(group, linear_warmup(step, lr=float(target), warmup_steps=warmup_steps))
+        else:
+            _set_lr(group, target)
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,7 +305,41 @@ class InverseTime(LRScheduler):
         ]
 
 
-class LinearWarmup(LRScheduler):
+class _Wrapper(LRScheduler):
+    """A scheduler that drives another one, ``self.schedule``, and saves both states."""
+
+    def __init__(self, schedule: LRScheduler, warmup_steps: int) -> None:
+        self.warmup_steps = warmup_steps
+        self.schedule = schedule
+        # Captured before LRScheduler.__init__ takes the first step (and maybe ramps).
+        self.start_lrs = [
+            copy.deepcopy(group["lr"]) for group in schedule.optimizer.param_groups
+        ]
+        super().__init__(schedule.optimizer)
+
+    def _next_step(self) -> int:
+        self._step_count += 1
+        self.last_epoch += 1
+        return self.last_epoch
+
+    def _record_rates(self) -> None:
+        self._last_lr = [copy.deepcopy(group["lr"]) for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The wrapper's state; the wrapped scheduler's ``state_dict()`` is under ``"schedule"``."""
+        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
+        state["schedule"] = self.schedule.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore a state produced by :meth:`state_dict`."""
+        state = dict(state_dict)
+        inner = state.pop("schedule")
+        self.__dict__.update(state)
+        self.schedule.load_state_dict(inner)
+
+
+class LinearWarmup(_Wrapper):
     r"""Put a linear warmup of :math:`w` steps in front of any schedule.
 
     With :math:`\epsilon^{s}_j` the rates the wrapped schedule gives on its own,
@@ -308,7 +358,8 @@ class LinearWarmup(LRScheduler):
     wrapper. ``state_dict()`` contains the wrapped schedule's state.
 
     Args:
-        schedule: any scheduler except ``ReduceLROnPlateau`` (which needs a metric per step).
+        schedule: any per-step scheduler; not ``ReduceLROnPlateau`` nor another epoch-driven
+            schedule (give :class:`EpochStepped` its ``warmup_steps`` instead).
         warmup_steps: :math:`w \ge 1`.
     """
 
@@ -318,44 +369,152 @@ class LinearWarmup(LRScheduler):
                 "schedule must be a torch LRScheduler other than ReduceLROnPlateau, "
                 f"got {type(schedule).__name__}"
             )
-        self.warmup_steps = _int_at_least("warmup_steps", warmup_steps, 1)
-        self.schedule = schedule
+        if is_epoch_driven(schedule):
+            raise TypeError(
+                f"LinearWarmup cannot wrap the epoch-driven {type(schedule).__name__}; "
+                "give it warmup_steps itself (EpochStepped(..., warmup_steps=w))"
+            )
+        warmup_steps = _int_at_least("warmup_steps", warmup_steps, 1)
         self.start_state = copy.deepcopy(schedule.state_dict())
-        self.start_lrs = [
-            copy.deepcopy(group["lr"]) for group in schedule.optimizer.param_groups
-        ]
-        super().__init__(schedule.optimizer)
+        super().__init__(schedule, warmup_steps)
 
     def step(self) -> None:  # type: ignore[override]
         """Advance one optimizer step."""
-        self._step_count += 1
-        self.last_epoch += 1
-        k = self.last_epoch
-        groups = self.optimizer.param_groups
-        if k < self.warmup_steps:
-            for group, target in zip(groups, self.start_lrs, strict=True):
-                rate = linear_warmup(k, lr=float(target), warmup_steps=self.warmup_steps)
-                _set_lr(group, rate)
-        elif k == self.warmup_steps:
+        k = self._next_step()
+        if k == self.warmup_steps:
             self.schedule.load_state_dict(copy.deepcopy(self.start_state))
-            for group, target in zip(groups, self.start_lrs, strict=True):
-                _set_lr(group, target)
+        if k <= self.warmup_steps:
+            _ramp(self.optimizer, self.start_lrs, k, self.warmup_steps)
         else:
             self.schedule.step()
-        self._last_lr = [copy.deepcopy(group["lr"]) for group in groups]
+        self._record_rates()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The wrapper's state; the wrapped schedule's ``state_dict()`` is under ``"schedule"``."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "schedule")}
-        state["schedule"] = self.schedule.state_dict()
-        return state
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore a state produced by :meth:`state_dict`."""
-        state = dict(state_dict)
-        inner = state.pop("schedule")
-        self.__dict__.update(state)
-        self.schedule.load_state_dict(inner)
+class EpochStepped(_Wrapper):
+    r"""Step a scheduler once per epoch, under the per-step interface of the other schedules.
+
+    The training loop calls :meth:`step` after every optimizer step, as for any schedule; it
+    changes no rate (except during the warmup below). After each epoch's evaluation the loop
+    calls :meth:`epoch_end` with the monitored value (e.g. the validation loss): a torch
+    ``ReduceLROnPlateau`` receives that value (``schedule.step(value)``), any other scheduler
+    takes one ``schedule.step()``, i.e. its own counter then counts epochs. The rates are
+    entirely the wrapped scheduler's: nothing of torch's logic is re-implemented here.
+
+    With ``warmup_steps`` :math:`= w \ge 1`, the first :math:`w` optimizer steps ramp each
+    group linearly up to the rate it had when wrapped (:func:`linear_warmup`); at step
+    :math:`w` that rate is restored, and only epochs that end after it reach the wrapped
+    scheduler (earlier :meth:`epoch_end` calls are ignored: a plateau's patience starts when
+    the warmup is over).
+
+    :func:`trace` and :func:`plot` show the per-step rates as if no epoch ended (the warmup,
+    then a constant rate): the epochs' effect depends on values not yet seen.
+
+    Args:
+        schedule: a torch ``LRScheduler`` or ``ReduceLROnPlateau`` built on the optimizer.
+        warmup_steps: :math:`w \ge 0` optimizer steps of linear warmup.
+
+    Example:
+        >>> import torch
+        >>> from torch.optim.lr_scheduler import ReduceLROnPlateau
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+        >>> sched = EpochStepped(ReduceLROnPlateau(opt, factor=0.5, patience=0))
+        >>> sched.epoch_end(1.0); sched.epoch_end(2.0)  # no improvement: halve the rate
+        >>> opt.param_groups[0]["lr"]
+        0.05
+    """
+
+    def __init__(self, schedule: LRScheduler, *, warmup_steps: int = 0) -> None:
+        if not isinstance(schedule, LRScheduler):
+            raise TypeError(f"schedule must be a torch LRScheduler, got {type(schedule).__name__}")
+        if is_epoch_driven(schedule):
+            raise TypeError(f"{type(schedule).__name__} is already stepped once per epoch")
+        super().__init__(schedule, _int_at_least("warmup_steps", warmup_steps, 0))
+
+    def step(self) -> None:  # type: ignore[override]
+        """Advance one optimizer step (moves the rate only during the warmup)."""
+        k = self._next_step()
+        if k <= self.warmup_steps:
+            _ramp(self.optimizer, self.start_lrs, k, self.warmup_steps)
+        self._record_rates()
+
+    def epoch_end(self, value: float | None = None) -> None:
+        """End an epoch: step the wrapped scheduler once, with ``value`` if it monitors one.
+
+        Raises:
+            ValueError: the wrapped scheduler is a ``ReduceLROnPlateau`` and ``value`` is None.
+        """
+        plateau = isinstance(self.schedule, ReduceLROnPlateau)
+        if plateau and value is None:
+            raise ValueError(
+                "ReduceLROnPlateau needs the monitored value: call epoch_end(value), e.g. "
+                "with the validation loss"
+            )
+        if self.last_epoch < self.warmup_steps:
+            return
+        if plateau:
+            self.schedule.step(float(value))
+        else:
+            self.schedule.step()
+        self._record_rates()
+
+
+def is_epoch_driven(schedule: object) -> bool:
+    """Whether ``schedule`` moves once per epoch, i.e. has an ``epoch_end(value)`` method.
+
+    The convention of every schedule :func:`create` and :func:`wrap_user_scheduler` return:
+    ``step()`` is called after every optimizer step; an epoch-driven schedule's
+    ``epoch_end(value)`` is also called after every epoch's evaluation, with the monitored
+    value. Other schedules have no ``epoch_end``.
+    """
+    return callable(getattr(schedule, "epoch_end", None))
+
+
+INTERVALS = ("step", "epoch")
+"""How often :func:`wrap_user_scheduler` steps a user's scheduler."""
+
+
+def wrap_user_scheduler(schedule: LRScheduler, interval: str | None = None) -> LRScheduler:
+    """Give a user's own torch scheduler the interface of the schedules :func:`create` builds.
+
+    Args:
+        schedule: a ``torch.optim.lr_scheduler.LRScheduler`` (``ReduceLROnPlateau`` included)
+            already built on the run's optimizer.
+        interval: ``"step"``: step it after every optimizer step -- the scheduler itself is
+            returned, it already has that interface. ``"epoch"``: step it once per epoch,
+            through :class:`EpochStepped` (its ``epoch_end(value)`` steps the scheduler, passing
+            ``value`` to a ``ReduceLROnPlateau``). ``None`` (default): ``"epoch"`` for a
+            ``ReduceLROnPlateau``, ``"step"`` for every other scheduler. A schedule that is
+            already epoch-driven (:func:`is_epoch_driven`) is returned as it is.
+
+    Returns:
+        A scheduler whose ``state_dict()`` / ``load_state_dict()`` include the user's
+        scheduler's own, for exact resume.
+
+    Raises:
+        TypeError: ``schedule`` is not a torch scheduler.
+        ValueError: an unknown ``interval``, or ``"step"`` for a ``ReduceLROnPlateau``.
+    """
+    if not isinstance(schedule, LRScheduler):
+        raise TypeError(
+            "schedule must be a torch.optim.lr_scheduler.LRScheduler, "
+            f"got {type(schedule).__name__}"
+        )
+    if interval is not None and interval not in INTERVALS:
+        hint = _suggest(str(interval), INTERVALS)
+        raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}{hint}")
+    if is_epoch_driven(schedule):
+        return schedule
+    plateau = isinstance(schedule, ReduceLROnPlateau)
+    if interval is None:
+        interval = "epoch" if plateau else "step"
+    if interval == "step":
+        if plateau:
+            raise ValueError(
+                "interval='step' cannot drive a ReduceLROnPlateau: it needs the monitored "
+                "value, known once per epoch; use interval='epoch'"
+            )
+        return schedule
+    return EpochStepped(schedule)
 
 
 # ---------------------------------------------------------------------------------------
@@ -455,12 +614,47 @@ def _cosine(
     return CosineAnnealingLR(optimizer, T_max, eta_min)
 
 
+PLATEAU_MODES = ("min", "max")
+
+
+def _reduce_on_plateau(
+    optimizer: Optimizer,
+    warmup: int,
+    total: int | None,
+    per_epoch: int | None,
+    factor: float = 0.1,
+    patience: int = 10,
+    threshold: float = 1e-4,
+    mode: str = "min",
+    min_lr: float = 0.0,
+    cooldown: int = 0,
+) -> LRScheduler:
+    factor = _positive("factor", factor)
+    if factor >= 1:
+        raise ValueError(f"factor must be in (0, 1) (the rate is multiplied by it), got {factor!r}")
+    patience = _int_at_least("patience", patience, 0)
+    threshold = _non_negative("threshold", threshold)
+    if mode not in PLATEAU_MODES:
+        raise ValueError(
+            f"mode must be 'min' or 'max', got {mode!r}{_suggest(str(mode), PLATEAU_MODES)}"
+        )
+    min_lr = _non_negative("min_lr", min_lr)
+    _check_below_base("min_lr", min_lr, optimizer)
+    cooldown = _int_at_least("cooldown", cooldown, 0)
+    plateau = ReduceLROnPlateau(
+        optimizer, mode=mode, factor=factor, patience=patience, threshold=threshold,
+        min_lr=min_lr, cooldown=cooldown,
+    )
+    return EpochStepped(plateau, warmup_steps=warmup)
+
+
 _FACTORIES: dict[str, Callable[..., LRScheduler]] = {
     "constant": _constant,
     "linear-decay": _linear_decay,
     "inverse-time": _inverse_time,
     "step": _step,
     "cosine": _cosine,
+    "reduce-on-plateau": _reduce_on_plateau,
 }
 _OPTIONS: dict[str, tuple[str, ...]] = {
     "constant": (),
@@ -468,6 +662,7 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
     "inverse-time": ("decay_steps",),
     "step": ("step_size", "gamma"),
     "cosine": ("T_max", "eta_min"),
+    "reduce-on-plateau": ("factor", "patience", "threshold", "mode", "min_lr", "cooldown"),
 }
 
 
@@ -487,7 +682,10 @@ def create(
 ) -> LRScheduler:
     r"""Build a schedule by name, optionally behind a :class:`LinearWarmup`.
 
-    All counts are optimizer steps; call ``sched.step()`` once per optimizer step.
+    All counts are optimizer steps; call ``sched.step()`` once per optimizer step. The one
+    epoch-driven schedule, ``reduce-on-plateau``, also has ``sched.epoch_end(value)``, to call
+    once after each epoch's evaluation with the monitored value; the others have no
+    ``epoch_end`` (:func:`is_epoch_driven` tells them apart).
 
     ``constant``
         torch ``LambdaLR`` with factor 1: :math:`\epsilon_k = \alpha`. No options.
@@ -514,6 +712,18 @@ def create(
         :math:`\eta_{min}` at ``total_steps``) and ``eta_min`` (default 0, at most every
         group's rate). torch's cosine is periodic: past :math:`T_{max}` it rises again.
         Robbins-Monro: not satisfied.
+    ``reduce-on-plateau``
+        torch ``ReduceLROnPlateau`` inside :class:`EpochStepped`: ``sched.step()`` changes
+        nothing (past the warmup); ``sched.epoch_end(value)`` passes the monitored value to
+        torch, which multiplies every rate by ``factor`` once the value has not improved by
+        more than ``threshold`` (relative) for more than ``patience`` epochs. Options ``factor``
+        (in :math:`(0, 1)`, default 0.1), ``patience`` (epochs, :math:`\ge 0`, default 10),
+        ``threshold`` (:math:`\ge 0`, default 1e-4), ``mode`` (``"min"`` for a loss, ``"max"``
+        for an accuracy; default ``"min"``), ``min_lr`` (floor, default 0, at most every
+        group's rate) and ``cooldown`` (epochs to wait after a reduction, default 0). With
+        ``warmup_steps``, values of epochs that end during the warmup are ignored.
+        :func:`trace` shows its rates as if the value kept improving. Robbins-Monro: not
+        satisfied (the rate depends on the run).
 
     Args:
         name: one of :func:`names`.
@@ -554,7 +764,9 @@ def create(
             )
     options = {key: value for key, value in kw.items() if value is not None}
     schedule = _FACTORIES[name](optimizer, warmup_steps, total_steps, steps_per_epoch, **options)
-    return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule
+    if warmup_steps and not is_epoch_driven(schedule):
+        return LinearWarmup(schedule, warmup_steps)
+    return schedule
 
 
 # ---------------------------------------------------------------------------------------
@@ -587,8 +799,12 @@ def trace(schedule: LRScheduler, steps: int) -> list[list[float]]:
     optimizer's param-group settings but none of its parameters; the live schedule,
     optimizer and model are left untouched.
 
+    An epoch-driven schedule (:func:`is_epoch_driven`, e.g. ``reduce-on-plateau``) is traced
+    over its per-step calls only, as if no epoch ended in between: its warmup, then a constant
+    rate. A bare torch ``ReduceLROnPlateau`` is rejected (wrap it with :class:`EpochStepped`).
+
     Args:
-        schedule: any scheduler except ``ReduceLROnPlateau``.
+        schedule: any scheduler except a bare ``ReduceLROnPlateau``.
         steps: number of steps :math:`\\ge 1`.
 
     Returns:
@@ -620,6 +836,9 @@ def trace(schedule: LRScheduler, steps: int) -> list[list[float]]:
 def _label(schedule: LRScheduler) -> str:
     if isinstance(schedule, LinearWarmup):
         return f"{_label(schedule.schedule)} + warmup {schedule.warmup_steps}"
+    if isinstance(schedule, EpochStepped):
+        warmup = f" + warmup {schedule.warmup_steps}" if schedule.warmup_steps else ""
+        return f"{_label(schedule.schedule)} per epoch{warmup}"
     return type(schedule).__name__
 
 

@@ -55,7 +55,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from ravine._validate import check_int
 from ravine.data.batching import EpochBatches, RandomBatches, batches
-from ravine.data.datasets import ArrayDataset, _IndexLists
+from ravine.data.arrays import ArrayDataset, _IndexLists
 
 __all__ = [
     "Source",

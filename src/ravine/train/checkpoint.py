@@ -6,12 +6,18 @@ executed when a run is resumed. It is written atomically: to a temporary file in
 directory, flushed and ``fsync``-ed, then renamed over the old file with :func:`os.replace`, and
 the directory is ``fsync``-ed so the rename itself survives a crash. A process killed at any
 moment therefore leaves either the previous checkpoint or the new one, never a torn file.
+
+:class:`AsyncCheckpointWriter` takes the writing off the training loop: it copies the payload
+to CPU memory at once, on the calling thread, and writes the copy by the same atomic procedure
+on one background thread while training goes on.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import random
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +30,8 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "AsyncCheckpointWriter",
+    "snapshot",
     "rng_state",
     "set_rng_state",
 ]
@@ -91,6 +99,110 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"this ravine reads version {VERSION}"
         )
     return payload
+
+
+def snapshot(payload: Any) -> Any:
+    """A copy of ``payload`` that shares no memory with it: every tensor copied to CPU.
+
+    Dicts (their type and attributes kept, e.g. a ``state_dict``'s ``_metadata``), lists and
+    tuples are rebuilt around the copies; a tensor that appears twice is copied once and stays
+    shared in the copy; every other value is deep-copied.
+    """
+    return _snapshot(payload, {})
+
+
+def _snapshot(value: Any, memo: dict[int, Any]) -> Any:
+    if id(value) in memo:
+        return memo[id(value)]
+    if isinstance(value, torch.Tensor):
+        out: Any = value.detach().to("cpu", copy=True)
+    elif isinstance(value, dict):
+        out = copy.copy(value)
+        if hasattr(out, "__dict__"):
+            out.__dict__ = copy.deepcopy(value.__dict__)
+        for key, item in value.items():
+            out[key] = _snapshot(item, memo)
+    elif isinstance(value, list):
+        out = type(value)(_snapshot(item, memo) for item in value)
+    elif isinstance(value, tuple):
+        items = [_snapshot(item, memo) for item in value]
+        out = type(value)(*items) if hasattr(value, "_fields") else type(value)(items)
+    else:
+        out = copy.deepcopy(value)
+    memo[id(value)] = out
+    return out
+
+
+class AsyncCheckpointWriter:
+    """Write checkpoints on a background thread, from a CPU snapshot taken at submission.
+
+    :meth:`submit` copies the payload (:func:`snapshot`) before it returns, so the caller may
+    change its parameters and optimizer state right away; a single background thread then
+    writes the copy with :func:`save_checkpoint` (temporary file, ``fsync``, rename), so the
+    file on disk is always the previous complete checkpoint or the new complete one. At most
+    one write is in flight: a new :meth:`submit` first waits for the previous write.
+
+    An error of a background write is raised by the next :meth:`submit`, :meth:`wait` or
+    :meth:`close` (once; that submit then writes nothing). Use the writer as a context
+    manager, or call :meth:`close`, so the last checkpoint is on disk before the run ends.
+    Do not write the same path with :func:`save_checkpoint` while a write is in flight.
+
+    Args:
+        synchronous: write in :meth:`submit` itself, on the calling thread, with
+            :func:`save_checkpoint` (for debugging and tests).
+
+    Example:
+        >>> with AsyncCheckpointWriter() as writer:  # doctest: +SKIP
+        ...     for epoch in range(epochs):
+        ...         train_one_epoch()
+        ...         writer.submit({"model": model.state_dict()}, "run/checkpoints/last.pt")
+    """
+
+    def __init__(self, *, synchronous: bool = False) -> None:
+        self.synchronous = synchronous
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending: Future[None] | None = None
+        self._closed = False
+
+    def submit(self, payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+        """Snapshot ``payload`` now and write it to ``path`` in the background.
+
+        Raises:
+            BaseException: the error of the previous background write, if it failed.
+            RuntimeError: the writer is closed.
+        """
+        if self._closed:
+            raise RuntimeError("AsyncCheckpointWriter.submit after close()")
+        self.wait()
+        if self.synchronous:
+            save_checkpoint(payload, path)
+            return
+        copied = snapshot(payload)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(1, thread_name_prefix="ravine-checkpoint")
+        self._pending = self._executor.submit(save_checkpoint, copied, path)
+
+    def wait(self) -> None:
+        """Block until the submitted checkpoint is on disk; raise its write error, if any."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def close(self) -> None:
+        """Wait for the last write (raising its error) and stop the background thread."""
+        try:
+            self.wait()
+        finally:
+            self._closed = True
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+
+    def __enter__(self) -> AsyncCheckpointWriter:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def rng_state() -> dict[str, Any]:
