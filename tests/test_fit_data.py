@@ -262,3 +262,57 @@ def test_helpers_move_nested_batches_and_count_examples():
     moved = to_device(batch, torch.device("cpu"))
     assert moved["b"][1][1] == "text" and batch_examples(moved) == 4
     assert as_tensors(data.ArrayDataset(torch.zeros(2, 1), torch.zeros(2))) is not None
+
+
+def test_a_torch_scheduler_steps_per_step_or_per_epoch():
+    x, y = make_data()
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    result = fit(model, (x, y), optimizer=opt, schedule=sched,
+                 **{k: v for k, v in SETTINGS.items() if k not in ("optimizer", "lr")})
+    steps = len(result.history) * 4
+    # the lr of each epoch's last step (steps 3, 7, 11 counted from 0): 0.1 * 0.5^(k // 2)
+    assert [r["lr"] for r in result.history] == [0.1 * 0.5 ** (k // 2) for k in (3, 7, 11)]
+    assert steps == 12
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    result = fit(model, (x, y), optimizer=opt, schedule=sched, schedule_interval="epoch",
+                 **{k: v for k, v in SETTINGS.items() if k not in ("optimizer", "lr")})
+    assert [r["lr"] for r in result.history] == [0.1, 0.05, 0.025]
+    with pytest.raises(ValueError, match="schedule_interval applies to a torch LRScheduler"):
+        fit(make_model(), (x, y), schedule_interval="epoch", quiet=True)
+
+
+def test_reduce_on_plateau_follows_the_monitored_metric():
+    x, y = make_data()
+    # An improvement must be 1000x (threshold 999 relative): never, so every epoch after
+    # `patience` non-improving ones cuts the rate by `factor`.
+    schedule = {"name": "reduce-on-plateau", "factor": 0.5, "patience": 0, "threshold": 999}
+    result = fit(make_model(), (x, y), (x, y), schedule=schedule,
+                 **{**SETTINGS, "optimizer": "sgd", "epochs": 4})
+    # torch's ReduceLROnPlateau stepped by hand on the same validation losses
+    reference = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(reference, factor=0.5, patience=0,
+                                                         threshold=999)
+    expected = []
+    for record in result.history:
+        expected.append(reference.param_groups[0]["lr"])
+        plateau.step(record["val_loss"])
+    assert [r["lr"] for r in result.history] == expected
+    assert expected[-1] < expected[0]
+
+
+def test_csv_and_tensorboard_loggers_write_beside_metrics_jsonl(tmp_path):
+    x, y = make_data()
+    result = fit(make_model(), (x, y), (x, y), run_dir=tmp_path / "run",
+                 loggers=["csv", "tensorboard"], **SETTINGS)
+    import csv
+
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [float(r["val_loss"]) for r in rows] == [r["val_loss"] for r in result.history]
+    assert any((tmp_path / "run" / "tensorboard").iterdir())
+    with pytest.raises(ValueError, match="did you mean 'csv'"):
+        fit(make_model(), (x, y), run_dir=tmp_path / "other", loggers=["cvs"], **SETTINGS)

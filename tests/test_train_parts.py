@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from ravine.train import CheckpointError, EarlyStopping, load_checkpoint, save_checkpoint
 from ravine.train.checkpoint import rng_state, set_rng_state
-from ravine.train.metrics import MetricsLog, Objective, read_metrics, resolve_loss
+from ravine.train.loggers import JsonlLogger
+from ravine.train.metrics import Objective, read_metrics, resolve_loss
 
 
 def test_checkpoint_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
@@ -171,12 +172,12 @@ def test_mse_sum_is_the_sum_of_per_example_means():
 
 def test_metrics_log_truncates_to_the_checkpointed_offset(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    log = MetricsLog(path)
+    log = JsonlLogger(path)
     log.write({"kind": "step", "step": 1, "loss": 0.5})
     offset = log.offset()
     log.write({"kind": "step", "step": 2, "loss": math.nan})
     log.close()
-    log = MetricsLog(path, truncate_to=offset)
+    log = JsonlLogger(path, truncate_to=offset)
     log.write({"kind": "epoch", "epoch": 1, "val_loss": math.inf})
     log.close()
     epochs, steps, summary = read_metrics(path)
@@ -184,4 +185,4 @@ def test_metrics_log_truncates_to_the_checkpointed_offset(tmp_path):
     assert epochs == [{"epoch": 1, "val_loss": None}]  # strict JSON: non-finite becomes null
     assert summary == {}
     with pytest.raises(CheckpointError, match="does not belong to this checkpoint"):
-        MetricsLog(path, truncate_to=10_000)
+        JsonlLogger(path, truncate_to=10_000)

@@ -666,6 +666,11 @@ _OPTIONS: dict[str, tuple[str, ...]] = {
 }
 
 
+def option_names(name: str) -> tuple[str, ...]:
+    """The options schedule ``name`` takes besides ``warmup_steps`` (see :func:`create`)."""
+    return _OPTIONS[name]
+
+
 def names() -> list[str]:
     """Schedule names accepted by :func:`create`."""
     return list(_FACTORIES)

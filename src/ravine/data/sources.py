@@ -54,8 +54,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from ravine._validate import check_int
-from ravine.data.batching import EpochBatches, RandomBatches, batches
 from ravine.data.arrays import ArrayDataset, _IndexLists
+from ravine.data.batching import EpochBatches, RandomBatches, batches
 
 __all__ = [
     "Source",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ravine import optim
+from ravine import optim, schedules
 from ravine.train.loop import Loop
 from ravine.train.state import EpochSums, RunState
 from ravine.train.step import NonFiniteLossError, train_step
@@ -64,6 +64,10 @@ def end_epoch(loop: Loop, state: RunState) -> None:
     state.sums = EpochSums()
     for callback in loop.callbacks:
         callback(epoch, record)
+    monitored = record.get(state.tracker.monitor)
+    if schedules.is_epoch_driven(state.schedule) and monitored is not None:
+        # reduce-on-plateau (and a user's scheduler stepped per epoch) sees the monitored value
+        state.schedule.epoch_end(monitored)
     if state.tracker.monitor in record and state.tracker.update(epoch, record):
         loop.save_best(state, epoch)
     checkpoint_every = options.checkpoint_every

@@ -75,7 +75,7 @@ def fit(
     optimizer: str | dict[str, Any] | Optimizer = "adam",
     lr: float | None = None,
     schedule: str | dict[str, Any] | Any | None = "constant",
-    schedule_interval: str = "step",
+    schedule_interval: str | None = None,
     epochs: int = 10,
     max_steps: int | None = None,
     batch_size: int = 100,

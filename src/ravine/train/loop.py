@@ -35,10 +35,16 @@ from ravine.data.sources import (
     training_source,
 )
 from ravine.train import distributed
-from ravine.train.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint
+from ravine.train.checkpoint import (
+    AsyncCheckpointWriter,
+    CheckpointError,
+    load_checkpoint,
+    rng_state,
+)
 from ravine.train.distributed import Communicator
 from ravine.train.early_stopping import EarlyStopping
-from ravine.train.metrics import MetricsLog, Objective
+from ravine.train.loggers import CsvLogger, JsonlLogger, Logger, ResumePoint, make_loggers
+from ravine.train.metrics import Objective
 from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.options import FitOptions
 from ravine.train.progress import TrainingProgress
@@ -64,7 +70,8 @@ class Loop:
     test: Any
     run_dir: Path | None
     files: RunFiles | None
-    metrics_log: MetricsLog
+    loggers: list[Logger]
+    writer: AsyncCheckpointWriter
     progress: TrainingProgress
     callbacks: Sequence[Callback]
     diag: DiagnosticsSchedule | None
@@ -73,7 +80,6 @@ class Loop:
     clip_in_closure: bool
     measure_norm: bool
     norm_from_optimizer: bool
-    step_schedule: bool
     resume_key: dict[str, Any]
     batches_on_device: bool
     loader_options: LoaderOptions
@@ -96,7 +102,11 @@ class Loop:
         return torch.autocast(self.device.type, dtype=dtype)
 
     def log(self, record: dict[str, Any]) -> None:
-        self.metrics_log.write(record)
+        for logger in self.loggers:
+            logger.log(record)
+
+    def _of(self, kind: type) -> Any:
+        return next((logger for logger in self.loggers if isinstance(logger, kind)), None)
 
     def batch(self, batch: Any) -> Any:
         """A batch from the source, on the training device."""
@@ -126,22 +136,30 @@ class Loop:
         rng_by_rank = self.comm.all_gather(rng_state()) if self.comm.parallel else None
         if self.files is None:
             return
-        offset = self.metrics_log.offset()
-        self.metrics_log.sync()
-        save_checkpoint(state.state_dict(elapsed=self.elapsed(), metrics_offset=offset,
-                                         options=self.resume_key, rng_by_rank=rng_by_rank),
-                        self.files.last)
+        jsonl, csv = self._of(JsonlLogger), self._of(CsvLogger)
+        offset = jsonl.offset()
+        jsonl.sync()
+        payload = state.state_dict(elapsed=self.elapsed(), metrics_offset=offset,
+                                   options=self.resume_key, rng_by_rank=rng_by_rank)
+        payload["csv_rows"] = None if csv is None else csv.rows
+        # A CPU snapshot now, written by a background thread while training goes on.
+        self.writer.submit(payload, self.files.last)
 
     def save_best(self, state: RunState, epoch: int) -> None:
         with optim.true_params(state.optimizer):
             state.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if self.files is not None:
-            save_checkpoint({"model": state.best_state, "epoch": epoch,
-                             "monitor": state.tracker.monitor, "value": state.tracker.best},
-                            self.files.best)
+            self.writer.submit({"model": state.best_state, "epoch": epoch,
+                                "monitor": state.tracker.monitor, "value": state.tracker.best},
+                               self.files.best)
 
     def close(self) -> None:
-        self.metrics_log.close()
+        """Finish pending checkpoint writes and close the loggers."""
+        try:
+            self.writer.close()
+        finally:
+            for logger in self.loggers:
+                logger.close()
 
 
 def _spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
@@ -237,6 +255,11 @@ def _check_eval_data(data: Any, name: str) -> None:
 
 def _build_schedule(options: FitOptions, opt: Optimizer, total_steps: int,
                     steps_per_epoch: int) -> Any:
+    if options._scheduler is not None:
+        return schedules.wrap_user_scheduler(options._scheduler, options.schedule_interval)
+    if options.schedule_interval is not None:
+        raise ValueError("schedule_interval applies to a torch LRScheduler given as schedule=; "
+                         "ravine's named schedules step per optimizer step")
     spec = options.schedule.spec() if options.schedule is not None else {"name": "constant"}
     kw = {k: v for k, v in spec.items() if k != "name"}
     if spec["name"] == "linear-decay" and kw.get("decay_steps") is None:
@@ -364,8 +387,12 @@ def start_run(
         _seed_everything(comm.seed(options.seed))
         if files is not None:
             files.prepare(overwrite, config if config is not None else options.describe())
-    metrics_log = MetricsLog(None if files is None else files.metrics,
-                             truncate_to=state.metrics_offset)
+    resume_point = None
+    if resume and files is not None:
+        resume_point = ResumePoint(jsonl_bytes=state.metrics_offset,
+                                   csv_rows=ckpt.get("csv_rows") or 0, step=state.step)
+    loggers = make_loggers(list(options.loggers), None if files is None else files.root,
+                           resume=resume_point) if comm.is_main else []
     # The optimizer reports the gradient norm itself unless fit must clip for a foreign one.
     foreign = options._optimizer is not None
     norm_from_optimizer = getattr(opt, "clip_norm", None) is not None or getattr(
@@ -375,13 +402,13 @@ def start_run(
         # Wrapped only now, so that DDP's initial broadcast from rank 0 sends restored weights.
         net=comm.wrap(model, device), device=device, comm=comm, objective=objective,
         val=val, test=test, run_dir=None if run_dir is None else Path(run_dir), files=files,
-        metrics_log=metrics_log,
+        loggers=loggers, writer=AsyncCheckpointWriter(synchronous=not options.async_checkpoints),
         progress=TrainingProgress(total_steps, options.epochs,
                                   quiet=quiet if comm.is_main else True),
         callbacks=callbacks, diag=diag, diag_batch=diag_batch, total_steps=total_steps,
         clip_in_closure=options.clip_norm is not None and foreign,
         measure_norm=not norm_from_optimizer,
-        norm_from_optimizer=norm_from_optimizer, step_schedule=True, resume_key=resume_key,
+        norm_from_optimizer=norm_from_optimizer, resume_key=resume_key,
         batches_on_device=isinstance(source, TensorSource), loader_options=loader_options,
         elapsed_before=state.elapsed_before,
     )

@@ -19,9 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ravine.data.sources import batch_examples
-from ravine.train.checkpoint import CheckpointError
 
-__all__ = ["LossFn", "Objective", "resolve_loss", "correct_count", "MetricsLog", "read_metrics"]
+__all__ = ["LossFn", "Objective", "resolve_loss", "correct_count", "read_metrics"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -193,71 +192,6 @@ class Objective:
             if 3 + i < len(values):
                 record[f"{prefix}_{name}"] = values[3 + i] / count if count else math.nan
         return record
-
-
-def _jsonable(value: Any) -> Any:
-    # Strict JSON has no NaN/inf; write them as null so any JSON reader accepts the file.
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-class MetricsLog:
-    """Append-only ``metrics.jsonl``: one JSON object per line.
-
-    Lines are ``{"kind": "epoch", ...}`` per epoch and ``{"kind": "step", ...}`` per logged step.
-    :meth:`offset` flushes and returns the byte length written so far; a checkpoint stores it and
-    a resumed run re-opens the log truncated to it, so records written after the checkpoint (and
-    replayed by the resumed run) appear exactly once.
-
-    Args:
-        path: the file, or ``None`` for a log that writes nothing.
-        truncate_to: open an existing file and cut it to this many bytes (resume); ``None``
-            starts a new, empty file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str] | None, *, truncate_to: int | None = None):
-        self.path = None if path is None else Path(path)
-        self._file = None
-        if self.path is None:
-            return
-        if truncate_to is None:
-            self._file = open(self.path, "w", encoding="utf-8")
-            return
-        size = self.path.stat().st_size if self.path.exists() else -1
-        if size < truncate_to:
-            raise CheckpointError(
-                f"{self.path} holds {max(size, 0)} bytes but the checkpoint recorded "
-                f"{truncate_to}; the log does not belong to this checkpoint"
-            )
-        self._file = open(self.path, "r+", encoding="utf-8")
-        self._file.truncate(truncate_to)
-        self._file.seek(truncate_to)
-
-    def write(self, record: dict[str, Any]) -> None:
-        """Append one record (non-finite floats become ``null``)."""
-        if self._file is not None:
-            line = json.dumps({k: _jsonable(v) for k, v in record.items()}, allow_nan=False)
-            self._file.write(line + "\n")
-
-    def offset(self) -> int:
-        """Flush to the operating system and return the current length in bytes (0 if none)."""
-        if self._file is None:
-            return 0
-        self._file.flush()
-        return self._file.tell()
-
-    def sync(self) -> None:
-        """Flush and ``fsync`` so the lines survive a machine crash, not just a process kill."""
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-
-    def close(self) -> None:
-        """Flush and close the file."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
 
 
 def _records(path: Path) -> Iterator[dict[str, Any]]:

@@ -103,16 +103,6 @@ class OptimizerConfig(Section):
         return {"name": self.name, **self.given(exclude=("name",))}
 
 
-# Options each schedule takes besides warmup_steps (ravine.schedules.create documents them).
-SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "linear-decay": ("decay_steps", "final_lr"),
-    "inverse-time": ("decay_steps",),
-    "step": ("step_size", "gamma"),
-    "cosine": ("T_max", "eta_min"),
-}
-
-
 class ScheduleConfig(Section):
     """The learning-rate schedule (:func:`ravine.schedules.create`), stepped every step."""
 
@@ -124,6 +114,12 @@ class ScheduleConfig(Section):
     gamma: float | None = Field(None, gt=0, le=1)
     T_max: int | None = Field(None, ge=1)  # noqa: N815 (torch's name)
     eta_min: float | None = Field(None, ge=0)
+    factor: float | None = Field(None, gt=0, lt=1)
+    patience: int | None = Field(None, ge=0)
+    threshold: float | None = Field(None, ge=0)
+    mode: Literal["min", "max"] | None = None
+    min_lr: float | None = Field(None, ge=0)
+    cooldown: int | None = Field(None, ge=0)
 
     @field_validator("name")
     @classmethod
@@ -135,10 +131,8 @@ class ScheduleConfig(Section):
 
     @model_validator(mode="after")
     def _options_fit_schedule(self) -> ScheduleConfig:
-        valid = SCHEDULE_OPTIONS.get(self.name)
-        if valid is not None:
-            check_options(self.given(exclude=("name", "warmup_steps")), valid,
-                          f"schedule {self.name!r}")
+        check_options(self.given(exclude=("name", "warmup_steps")),
+                      schedules.option_names(self.name), f"schedule {self.name!r}")
         return self
 
     def spec(self) -> dict[str, Any]:
@@ -232,7 +226,9 @@ class FitOptions(Section):
             with ``schedule_interval="epoch"``; a ``ReduceLROnPlateau`` is stepped per epoch
             with the ``early_stopping`` monitor's value). ``total_steps = epochs × steps per
             epoch`` (or ``max_steps``), so a linear decay decays over the whole run.
-        schedule_interval: ``"step"`` or ``"epoch"``: how often a user's scheduler steps.
+        schedule_interval: ``"step"`` or ``"epoch"``: how often a user's scheduler steps
+            (default: per epoch for a ``ReduceLROnPlateau``, else per step). The named
+            ``"reduce-on-plateau"`` schedule steps per epoch with the monitored value.
         epochs: passes over the data (or blocks of ``steps_per_epoch`` steps).
         max_steps: stop after this many optimizer steps (mid-epoch if need be).
         clip_norm: re-normalize the gradient to this global norm when it is larger.
@@ -266,7 +262,7 @@ class FitOptions(Section):
     optimizer: OptimizerConfig = OptimizerConfig()
     lr: float | None = Field(None, gt=0)
     schedule: ScheduleConfig | None = ScheduleConfig()
-    schedule_interval: Literal["step", "epoch"] = "step"
+    schedule_interval: Literal["step", "epoch"] | None = None
     epochs: int = Field(10, ge=1)
     max_steps: int | None = Field(None, ge=1)
     batch_size: int = Field(100, ge=1)

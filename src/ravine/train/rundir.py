@@ -41,7 +41,8 @@ class RunFiles:
         for path in (self.config, self.metrics, self.last, self.best, self.root / "report.md",
                      self.root / "metrics.csv"):
             path.unlink(missing_ok=True)
-        shutil.rmtree(self.root / "plots", ignore_errors=True)
+        for folder in ("plots", "tensorboard"):
+            shutil.rmtree(self.root / folder, ignore_errors=True)
 
     def prepare(self, overwrite: bool, config: dict[str, Any]) -> None:
         """Start a new run here: refuse to replace a run unless ``overwrite``; write config."""

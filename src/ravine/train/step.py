@@ -169,8 +169,7 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
         _restore_buffers(loop.model, buffers)
         first.clear()
         skipped = True
-    if loop.step_schedule:
-        state.schedule.step()
+    state.schedule.step()
     state.step += 1
 
     grad_norm = None if skipped else (
