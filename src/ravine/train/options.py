@@ -24,6 +24,7 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -175,16 +176,20 @@ def import_object(path: str, key: str) -> Any:
 
 
 def _plain_name(value: Any) -> Any:
-    """A JSON-plain stand-in for a callable or object (its qualified name)."""
+    """A JSON-plain stand-in for a callable or object: ``"module:qualname"`` (what
+    :func:`import_object` reads back, for functions and classes defined at module level)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_none=True)
     if isinstance(value, (list, tuple)):
         return [_plain_name(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _plain_name(v) for k, v in value.items()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _plain_name(dataclasses.asdict(value))
-    return getattr(value, "__qualname__", type(value).__qualname__)
+    named = value if hasattr(value, "__qualname__") else type(value)
+    return f"{named.__module__}:{named.__qualname__}"
 
 
 LOSSES = ("cross_entropy", "mse", "bce")
@@ -329,6 +334,10 @@ class FitOptions(Section):
             if isinstance(raw.get("loggers"), str):
                 raw["loggers"] = [raw["loggers"]]
         return raw
+
+    @field_serializer("loss", "compute_loss", "metrics", "loggers", "diagnostics")
+    def _plain(self, value: Any) -> Any:
+        return _plain_name(value)
 
     @field_validator("diagnostics")
     @classmethod
