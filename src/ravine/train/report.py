@@ -37,7 +37,10 @@ def line_plot(
     """
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(6.4, 4.0), dpi=100, layout="constrained")
+    # Fixed margins: constrained layout doubled the cost of a report (measured: 0.9 s -> 0.5 s
+    # for four plots), a fixed cost at the end of every run with a run directory.
+    fig = Figure(figsize=(6.4, 4.0), dpi=100)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
     ax = fig.add_subplot()
     for label, xs, ys in series:
         ax.plot(list(xs), [math.nan if v is None else v for v in ys], label=label, lw=1.4)
