@@ -240,6 +240,16 @@ def test_bf16_autocast_on_cpu_trains_and_fp16_is_validated():
         fit(make_model(), (x, y), precision="half", quiet=True)
 
 
+def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path):
+    x, y = make_data()
+    settings = {**SETTINGS, "optimizer": "adam", "lr": 0.01}
+    result = fit(make_model(norm="none"), (x, y), (x, y), precision="fp16",
+                 run_dir=tmp_path / "run", **settings)
+    assert all(math.isfinite(r["train_loss"]) for r in result.history)
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    assert last["scaler"]["scale"] > 0 and "_growth_tracker" in last["scaler"]
+
+
 @pytest.mark.parametrize(
     "train, message",
     [
