@@ -52,6 +52,7 @@ from ravine.diagnostics.hvp import (
     trainable_parameters,
     warn_mode_dependence,
 )
+from ravine.diagnostics.plots import plot_gradient_noise
 
 __all__ = [
     "GradientStatistics",
@@ -330,8 +331,6 @@ class GradientNoiseResult:
 
     def plot(self, path: str | Path) -> Path:
         """Write std vs m as a PNG (:func:`~ravine.diagnostics.plots.plot_gradient_noise`)."""
-        from ravine.diagnostics.plots import plot_gradient_noise
-
         return plot_gradient_noise(self, path)
 
 

@@ -29,6 +29,7 @@ from ravine.diagnostics.hvp import (
     LossFn,
     check_choice,
 )
+from ravine.diagnostics.plots import plot_spectral_density
 
 __all__ = [
     "ExtremesResult",
@@ -458,8 +459,6 @@ class SpectralDensity:
 
     def plot(self, path: str | Path) -> Path:
         """Write the density as a PNG (:func:`~ravine.diagnostics.plots.plot_spectral_density`)."""
-        from ravine.diagnostics.plots import plot_spectral_density
-
         return plot_spectral_density(self, path)
 
 
