@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from ravine.bench import compare, problems
-from ravine.bench.cli import compare_main
 from ravine.bench.config import load_suite
 from ravine.bench.profile import performance_profile
+from ravine.commands.compare import compare_main
 
 SMALL = {
     "name": "small",

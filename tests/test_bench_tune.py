@@ -11,11 +11,11 @@ import pytest
 import yaml
 
 from ravine.bench import compare, problems, tune
-from ravine.bench.cli import tune_main
 from ravine.bench.config import OptimizerSpec, load_suite
+from ravine.commands.tune import tune_main
 from ravine.config import validate_config
 
-WORKER = "import sys; from ravine.bench.cli import tune_main; sys.exit(tune_main(sys.argv[1:]))"
+WORKER = "import sys; from ravine.commands.tune import tune_main; sys.exit(tune_main(sys.argv[1:]))"
 
 
 @pytest.mark.slow
@@ -93,7 +93,7 @@ def test_benchmark_study_best_suite_reproduces_the_best_trial(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_train_config_best_yaml_trains_to_the_best_value(tmp_path, capsys):
-    from ravine.cli import main as ravine_main
+    from ravine.commands import main as ravine_main
 
     run_dir = tmp_path / "best-run"
     config = tmp_path / "digits.yaml"

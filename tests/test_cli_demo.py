@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from ravine import data, models
-from ravine.train import fit
-from ravine.train.demo import (
+from ravine.commands.demo import (
     BATCH_SIZE,
     LEARNING_RATES,
     NETWORKS,
@@ -22,6 +21,7 @@ from ravine.train.demo import (
     VAL_FRACTION,
     run_demo,
 )
+from ravine.train import fit
 
 
 def test_quick_demo_trains_every_pair_and_reports_them(tmp_path):
@@ -57,7 +57,7 @@ def test_quick_demo_trains_every_pair_and_reports_them(tmp_path):
 @pytest.mark.slow
 def test_demo_command_with_worker_processes(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ravine.cli", "demo", "--quick", "--jobs", "2", "--out",
+        [sys.executable, "-m", "ravine", "demo", "--quick", "--jobs", "2", "--out",
          str(tmp_path / "d")],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )

@@ -17,7 +17,7 @@ import torch
 import yaml
 from run_helpers import train_size
 
-from ravine.cli import EXIT_NONFINITE, EXIT_USAGE, main
+from ravine.commands import EXIT_NONFINITE, EXIT_USAGE, main
 from ravine.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -50,7 +50,7 @@ def write_config(tmp_path: Path, **changes) -> Path:
 
 
 def ravine(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ravine.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ravine", *args], capture_output=True,
                           text=True, timeout=timeout, env=ENV)
 
 
@@ -88,7 +88,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     reference = write_config(tmp_path / "ref", **settings)
     killed = write_config(tmp_path / "cut", **settings)
     steps_per_epoch = math.ceil(train_size(killed) / 8)
-    proc = subprocess.Popen([sys.executable, "-m", "ravine.cli", "train", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", "ravine", "train", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     metrics = tmp_path / "cut" / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120

@@ -22,13 +22,13 @@ import yaml
 from run_helpers import train_size
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from ravine.cli import EXIT_NONFINITE, EXIT_USAGE, main
+from ravine.commands import EXIT_NONFINITE, EXIT_USAGE, launcher, main
+from ravine.commands.launcher import _root_cause
 from ravine.train import distributed, fit
-from ravine.train.distributed import _root_cause
 from ravine.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", distributed.ERRORS_ENV)
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", launcher.ERRORS_ENV)
 
 
 def write_config(folder: Path, **changes) -> Path:
@@ -128,16 +128,16 @@ def test_root_cause_names_a_rank_killed_without_a_word():
 
 def test_workers_name_their_rank_and_launched_ones_record_instead_of_printing(
         tmp_path, monkeypatch, capsys, no_torchrun_env):
-    distributed.report_failure("train", "error: plain", 2)
+    launcher.report_failure("train", "error: plain", 2)
     assert capsys.readouterr().err == "ravine train: error: plain\n"
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    distributed.report_failure("train", "error: under torchrun", 2)
+    launcher.report_failure("train", "error: under torchrun", 2)
     assert capsys.readouterr().err == "ravine train: rank 1: error: under torchrun\n"
-    monkeypatch.setenv(distributed.ERRORS_ENV, str(tmp_path))
+    monkeypatch.setenv(launcher.ERRORS_ENV, str(tmp_path))
     lost = RuntimeError("[pair.cc:553] Connection closed by peer [127.0.0.1]:1")
-    distributed.report_failure("train", "stopped", 1, lost)
+    launcher.report_failure("train", "stopped", 1, lost)
     assert capsys.readouterr().err == ""
     saved = json.loads((tmp_path / "rank-1.json").read_text())
     assert (saved["message"], saved["exit_code"], saved["peer_failure"]) == (
@@ -145,10 +145,10 @@ def test_workers_name_their_rank_and_launched_ones_record_instead_of_printing(
 
 
 def test_peer_failures_are_told_from_root_causes():
-    assert distributed.is_peer_failure(torch.distributed.DistBackendError("nccl timeout"))
-    assert distributed.is_peer_failure(RuntimeError("Connection reset by peer"))
-    assert not distributed.is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be"))
-    assert not distributed.is_peer_failure(ValueError("Connection closed by peer"))
+    assert launcher.is_peer_failure(torch.distributed.DistBackendError("nccl timeout"))
+    assert launcher.is_peer_failure(RuntimeError("Connection reset by peer"))
+    assert not launcher.is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be"))
+    assert not launcher.is_peer_failure(ValueError("Connection closed by peer"))
 
 
 def test_worker_env_reads_torchrun_variables(monkeypatch, no_torchrun_env):
@@ -196,7 +196,7 @@ def test_nproc_under_torchrun_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.delenv(distributed.ERRORS_ENV, raising=False)
+    monkeypatch.delenv(launcher.ERRORS_ENV, raising=False)
     assert main(["train", str(config), "--nproc", "2"]) == EXIT_USAGE
     assert "--nproc starts its own processes; under torchrun leave it out" in (
         capsys.readouterr().err)

@@ -9,9 +9,9 @@ import torch
 import yaml
 
 from ravine import data, fit, models, optim
-from ravine.cli import main
+from ravine.commands import main
+from ravine.commands.diagnose import diagnose_run
 from ravine.train.checkpoint import load_checkpoint
-from ravine.train.diagnose import diagnose_run
 from ravine.train.monitoring import DiagnosticsSchedule
 
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from ravine.cli import main
+from ravine.commands import main
 
 sys.exit(main())

@@ -6,8 +6,10 @@
 * :mod:`ravine.bench.compare` — running a suite resumably (equal tuning budgets, many seeds);
 * :mod:`ravine.bench.tune` — the Optuna plumbing (storages, pruning, best configurations);
 * :mod:`ravine.bench.report` and :mod:`ravine.bench.profile` — the report and performance
-  profiles;
-* :mod:`ravine.bench.cli` — ``compare_main`` and ``tune_main``.
+  profiles.
+
+The commands ``ravine compare`` and ``ravine tune`` are :mod:`ravine.commands.compare` and
+:mod:`ravine.commands.tune`.
 
 Example::
 

@@ -424,19 +424,7 @@ class DatasetProblem(Problem):
         from ravine import models
 
         splits = self.splits
-        outputs = splits.num_classes or int(splits.train.y.reshape(len(splits.train), -1).shape[1])
-        shape = splits.num_features
-        spec = dict(self.model_spec)
-        kind = spec.get("kind")
-        spec.setdefault("out_features", outputs)
-        if kind == "mlp":
-            spec.setdefault("in_features", shape)
-        elif kind == "cnn1d":
-            spec.setdefault("in_length", shape if isinstance(shape, int) else shape[-1])
-        elif kind == "cnn2d" and not isinstance(shape, int) and len(shape) == 3:
-            spec.setdefault("in_channels", shape[0])
-            spec.setdefault("image_size", shape[1])
-        return models.build(spec)
+        return models.for_data(dict(self.model_spec), splits.num_features, splits.num_outputs)
 
     def run(
         self,

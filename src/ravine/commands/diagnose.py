@@ -1,7 +1,8 @@
 """``ravine diagnose RUN_DIR``: curvature, gradient noise and advice at a run's checkpoint.
 
-The model is rebuilt from the run's resolved ``config.yaml`` (the same data split and initial
-weights as training, both from the run's seed) and loaded from
+The model is rebuilt from the run's resolved ``config.yaml`` by
+:meth:`~ravine.config.RunConfig.build` (the same data split and initial weights as training,
+both from the run's seed) and loaded from
 
 * ``init``: the initial weights (no checkpoint needed),
 * ``best``: ``checkpoints/best.pt`` (saved at the true parameters), or
@@ -16,25 +17,27 @@ weights as training, both from the run's seed) and loaded from
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from ravine.config import load_config, validate_config
+from ravine.config import RunConfig, load_config, validate_config
+from ravine.diagnostics import DiagnosticsReport, report
 from ravine.train.checkpoint import CheckpointError, load_checkpoint
 from ravine.train.loop import build_optimizer
 from ravine.train.metrics import read_metrics, resolve_loss
 from ravine.train.report import write_report
 
-__all__ = ["diagnose_run", "CHECKPOINTS"]
+__all__ = ["diagnose_run", "diagnose_command", "CHECKPOINTS"]
 
 CHECKPOINTS = ("init", "best", "last")
 ADAPTIVE = ("adagrad", "rmsprop", "rmsprop-nesterov", "adam", "adamw")
 
 
-def _load(path: Path) -> tuple[Any, Path]:
+def _load(path: Path) -> tuple[RunConfig, Path]:
     """The run config and the run directory for a run directory or a config file."""
     if path.is_dir():
         config_path = path / "config.yaml"
@@ -53,7 +56,7 @@ def _load(path: Path) -> tuple[Any, Path]:
     raise ValueError(f"{path}: no such run directory or config file")
 
 
-def _true_last_state(config: Any, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
+def _true_last_state(config: RunConfig, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
     opt = build_optimizer(config.optimizer.spec(), model, config.lr, config.weight_decay,
                           config.clip_norm)
     opt.load_state_dict(ckpt["optimizer"])
@@ -69,7 +72,7 @@ def diagnose_run(
     examples: int = 2048,
     out: str | Path | None = None,
     seed: int | None = None,
-) -> Any:
+) -> DiagnosticsReport:
     """Diagnose a run (see the module docstring); returns the :class:`DiagnosticsReport`.
 
     Args:
@@ -79,8 +82,6 @@ def diagnose_run(
         out: where to write (default: the run directory).
         seed: seed of the probes and subsets (default: the run's seed).
     """
-    from ravine.diagnostics import report
-
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     config, root = _load(Path(path))
@@ -133,7 +134,7 @@ def diagnose_run(
     return result
 
 
-def diagnose_command(args: Any) -> int:
+def diagnose_command(args: argparse.Namespace) -> int:
     """The ``ravine diagnose`` handler: prints the label, the advice and the files written."""
     result = diagnose_run(args.path, checkpoint=args.checkpoint, examples=args.examples,
                           out=args.out)

@@ -7,12 +7,16 @@ on the validation split. Both networks use batch normalization. The report lists
 (MNIST-1D's standard 1000 test signals), the best validation accuracy, epochs and training time,
 and overlays the validation curves.
 
+Each run is a :class:`~ravine.config.RunConfig` (:func:`run_config`) built by
+:meth:`~ravine.config.RunConfig.build`, like a ``ravine train`` run.
+
 Runs are spread over worker processes (one per core, one thread each: these small networks do
 not gain from intra-op threads, and two independent runs use two cores fully).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import multiprocessing
 import os
@@ -22,7 +26,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["OPTIMIZERS", "NETWORKS", "LEARNING_RATES", "EPOCHS", "DemoRun", "run_demo"]
+import torch
+
+from ravine import data
+from ravine.config import RunConfig, validate_config
+from ravine.train import fit
+from ravine.train.report import line_plot, markdown_table
+
+__all__ = ["OPTIMIZERS", "NETWORKS", "LEARNING_RATES", "EPOCHS", "DemoRun", "run_config",
+           "run_demo", "demo_command"]
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "rmsprop-nesterov", "adam")
 
@@ -72,40 +84,32 @@ class DemoRun:
     epochs: int
 
 
+def run_config(run: DemoRun, seed: int) -> RunConfig:
+    """The run config of one demo run (MNIST-1D, the network, the optimizer, linear decay)."""
+    return validate_config({
+        "data": {"name": "mnist1d", "val_fraction": VAL_FRACTION},
+        "model": NETWORKS[run.network],
+        "optimizer": {"name": run.optimizer},
+        "lr": run.lr,
+        "schedule": "linear-decay",
+        "epochs": run.epochs,
+        "batch_size": BATCH_SIZE,
+        "seed": seed,
+    }, f"demo run {run.network}/{run.optimizer}")
+
+
 def _train(run: DemoRun, seed: int, quick: bool, threads: int | None) -> dict[str, Any]:
     """Train one network (in a worker process or in-process); return its summary."""
-    import torch
-
-    from ravine import data, models
-    from ravine.train import fit
-
     if threads is not None:
         torch.set_num_threads(threads)
-    splits = data.load("mnist1d", seed=seed, val_fraction=VAL_FRACTION)
+    config = run_config(run, seed)
+    built = config.build()
+    splits = built.splits
     train, val, test = splits.train, splits.val, splits.test
     if quick:
         train, val, test = (data.ArrayDataset(s.x[:QUICK_EXAMPLES], s.y[:QUICK_EXAMPLES])
                             for s in (train, val, test))
-    spec = dict(NETWORKS[run.network])
-    if spec["kind"] == "mlp":
-        spec.update(in_features=splits.num_features, out_features=splits.num_classes)
-    else:
-        spec.update(in_length=splits.num_features, out_features=splits.num_classes)
-    torch.manual_seed(seed)
-    model = models.build(spec)
-    result = fit(
-        model,
-        train,
-        val,
-        test=test,
-        optimizer=run.optimizer,
-        lr=run.lr,
-        schedule="linear-decay",
-        epochs=run.epochs,
-        batch_size=BATCH_SIZE,
-        seed=seed,
-        quiet=True,
-    )
+    result = fit(built.model, train, val, test=test, **config.fit_kwargs(), quiet=True)
     return {
         **asdict(run),
         "test_acc": result.test["test_acc"] if result.test else None,
@@ -149,8 +153,6 @@ def run_demo(
         raise ValueError(f"jobs must be an integer >= 1 or None, got {jobs!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-    from ravine import data
-
     data.load("mnist1d", seed=seed, val_fraction=VAL_FRACTION)  # generate and cache it once
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -191,8 +193,6 @@ def run_demo(
 def _write_comparison(
     out: Path, results: list[dict[str, Any]], *, seed: int, quick: bool, total: float, jobs: int
 ) -> Path:
-    from ravine.train.report import line_plot, markdown_table
-
     parts = [
         "# ravine demo: the lecture's optimizers on MNIST-1D",
         "",
@@ -234,3 +234,11 @@ def _write_comparison(
     report = out / "report.md"
     report.write_text("\n".join(parts), encoding="utf-8")
     return report
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    """The ``ravine demo`` handler: runs the demo and prints where its report is."""
+    report = run_demo(args.out, quick=args.quick, seed=args.seed, jobs=args.jobs,
+                      quiet=args.quiet)
+    print(f"report: {report}")
+    return 0

@@ -1,9 +1,5 @@
-"""``ravine compare`` and ``ravine tune``: argument parsing and exit codes.
+"""``ravine tune CONFIG.yaml``: an Optuna study over the values a config marks searchable.
 
-``ravine compare SUITE.yaml [--out DIR] [--seeds N] [--quiet]``
-    Run the suite (format: :mod:`ravine.bench.config`) into ``DIR`` (default: the suite's
-    ``output``, else ``runs/<suite name>``), skipping the runs an earlier, interrupted invocation
-    finished, and write ``DIR/report.md``.
 ``ravine tune CONFIG.yaml [--trials N] [--storage URL] [--study NAME] [--out DIR] [--monitor M]``
     Optuna study over the values the config marks searchable (``{search: log, low: .., high:
     ..}``). ``CONFIG`` is a ``ravine train`` config, or a benchmark study with ``problem:`` and
@@ -26,39 +22,21 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 
-from ravine.cli import EXIT_INTERRUPTED, EXIT_USAGE, positive_int
+from ravine.bench import tune
+from ravine.bench.config import ConfigError, load_study, read_yaml
+from ravine.bench.problems import build
+from ravine.commands._common import UsageParser, guarded, positive_int
 
-__all__ = ["compare_main", "tune_main", "compare_parser", "tune_parser"]
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with usage errors as exit status 2 and one line (argparse's own convention)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        print(f"{self.prog}: error: {message}", file=sys.stderr)
-        raise SystemExit(EXIT_USAGE)
-
-
-def compare_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``ravine compare``."""
-    parser = _Parser(prog="ravine compare",
-                     description="Compare optimizers on a suite of problems, resumably.")
-    parser.add_argument("suite", help="suite file (YAML); see ravine.bench.config")
-    parser.add_argument("--out", help="output folder (default: the suite's output, else "
-                        "runs/<suite name>)")
-    parser.add_argument("--seeds", type=positive_int,
-                        help="evaluation seeds 0..N-1, replacing the suite's seeds")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    return parser
+__all__ = ["tune_main", "tune_parser"]
 
 
 def tune_parser() -> argparse.ArgumentParser:
     """The argument parser of ``ravine tune``."""
-    parser = _Parser(prog="ravine tune",
-                     description="Tune the searchable values of a config with Optuna.")
+    parser = UsageParser(prog="ravine tune",
+                         description="Tune the searchable values of a config with Optuna.")
     parser.add_argument("config", help="a ravine train config or a benchmark study (YAML)")
     parser.add_argument("--trials", type=positive_int,
                         help="trials this process runs (default: the config's trials, else 20)")
@@ -71,44 +49,6 @@ def tune_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no per-trial lines")
     parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
-
-
-def _guarded(name: str, argv: Sequence[str], parser: argparse.ArgumentParser,
-             body: Callable[[argparse.Namespace], int]) -> int:
-    try:
-        args = parser.parse_args(list(argv))
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        return body(args)
-    except KeyboardInterrupt:
-        print(f"ravine {name}: interrupted; run the same command again to resume",
-              file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ValueError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"ravine {name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _compare(args: argparse.Namespace) -> int:
-    from ravine.bench.compare import run_suite
-    from ravine.bench.config import load_suite
-
-    suite = load_suite(args.suite)
-    if args.seeds is not None:
-        suite = suite.model_copy(update={"seeds": list(range(args.seeds))})
-    out = Path(args.out or suite.output or Path("runs") / suite.name)
-    outcome = run_suite(suite, out, quiet=True if args.quiet else None)
-    print(f"{outcome.executed} runs done, {outcome.skipped} already finished; "
-          f"report: {outcome.report}")
-    return 0
-
-
-def compare_main(argv: Sequence[str]) -> int:
-    """``ravine compare`` with the arguments ``argv``; returns the exit status."""
-    return _guarded("compare", argv, compare_parser(), _compare)
 
 
 def _trial_printer(quiet: bool) -> list[Callable[..., None]]:
@@ -126,11 +66,6 @@ def _trial_printer(quiet: bool) -> list[Callable[..., None]]:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    import optuna
-
-    from ravine.bench import tune
-    from ravine.bench.config import ConfigError, load_study, read_yaml
-
     path = Path(args.config)
     raw = read_yaml(path)
     benchmark = "problem" in raw
@@ -147,8 +82,6 @@ def _tune(args: argparse.Namespace) -> int:
     if spec is not None:
         if args.monitor is not None:
             raise ConfigError("--monitor is for train configs; a benchmark problem has its own")
-        from ravine.bench.problems import build
-
         problem = build(spec.problem)
         monitor, mode, epochs = problem.monitor, problem.mode, problem.epochs
         objective = tune.problem_objective(problem, spec.optimizer, seed=spec.seed,
@@ -188,4 +121,4 @@ def _tune(args: argparse.Namespace) -> int:
 
 def tune_main(argv: Sequence[str]) -> int:
     """``ravine tune`` with the arguments ``argv``; returns the exit status."""
-    return _guarded("tune", argv, tune_parser(), _tune)
+    return guarded("tune", argv, tune_parser(), _tune)
