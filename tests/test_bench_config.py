@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from ravine.bench.config import ConfigError, SearchSpace, load_study, load_suite, read_yaml
-from ravine.bench.tune import TrainStudy
 from ravine.commands.compare import compare_main
+from ravine.commands.tune import TrainStudy
 
 BASE = {"problems": ["quadratic"], "optimizers": ["sgd"]}
 

@@ -130,7 +130,7 @@ def test_dataset_problem_passes_its_options_to_fit(monkeypatch):
             callback(1, dict(Result.history[0]))
         return Result
 
-    monkeypatch.setattr("ravine.train.fit", fake_fit)
+    monkeypatch.setattr("ravine.bench.problems.fit", fake_fit)
     p = problems.build({"kind": "mlp-digits", "epochs": 3, "batch_size": 32})
     result = p.run("momentum", 0.05, {"momentum": 0.8, "weight_decay": 1e-3}, seed=7)
     model, train, val, options = calls[0]

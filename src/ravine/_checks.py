@@ -9,14 +9,22 @@ the closest valid one.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Tag, ValidationError
 
-__all__ = ["ConfigError", "OptionError", "suggest", "check_options", "validation_message"]
+__all__ = [
+    "ConfigError",
+    "OptionError",
+    "suggest",
+    "check_options",
+    "validation_message",
+    "format_validation_error",
+]
 
 
 class ConfigError(ValueError):
@@ -138,3 +146,113 @@ def validation_message(exc: ValidationError, root: type[BaseModel], source: str)
         if text not in problems:
             problems.append(text)
     return f"{source}: {'; '.join(problems)}"
+
+
+# --- the formatter of benchmark suites and studies (kinds as tagged unions) ----------------
+
+
+def _unannotated(tp: Any) -> Any:
+    while typing.get_origin(tp) is Annotated:
+        tp = typing.get_args(tp)[0]
+    return tp
+
+
+def _alternatives(tp: Any) -> list[Any]:
+    """Members of a (possibly Annotated / Optional) union; members tagged with ``Tag`` stay
+    wrapped in their ``Annotated`` so that the tag can be read."""
+    if typing.get_origin(tp) is Annotated:
+        if any(isinstance(m, Tag) for m in typing.get_args(tp)[1:]):
+            return [tp]
+        return _alternatives(typing.get_args(tp)[0])
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return [m for arg in typing.get_args(tp) for m in _alternatives(arg)]
+    return [tp]
+
+
+def _is_model(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
+def _models(tp: Any) -> list[type[BaseModel]]:
+    return [m for m in map(_unannotated, _alternatives(tp)) if _is_model(m)]
+
+
+def _branch(tp: Any, part: Any) -> Any | None:
+    """The member of the union ``tp`` that pydantic labels ``part`` in error locations: a
+    ``Tag`` of a callable discriminator, or a value of a ``kind`` literal."""
+    for member in _alternatives(tp):
+        meta = typing.get_args(member)[1:] if typing.get_origin(member) is Annotated else ()
+        if any(isinstance(m, Tag) and m.tag == part for m in meta):
+            return _unannotated(member)
+        inner = _unannotated(member)
+        kind = inner.model_fields.get("kind") if _is_model(inner) else None
+        if kind is not None and part in typing.get_args(kind.annotation):
+            return inner
+    return None
+
+
+def _contained(tp: Any, origin: type) -> Any | None:
+    """The item type of the ``list`` (``origin=list``) or value type of the ``dict`` in ``tp``."""
+    for member in map(_unannotated, _alternatives(tp)):
+        if typing.get_origin(member) is origin:
+            return typing.get_args(member)[-1]
+    return None
+
+
+def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], type | None]:
+    """Readable path of ``loc`` (union labels dropped) and the model holding its last key."""
+    path: list[str] = []
+    tp: Any = root
+    for i, part in enumerate(loc):
+        last = i == len(loc) - 1
+        if isinstance(part, int):
+            path[-1:] = [f"{path[-1]}[{part}]" if path else f"[{part}]"]
+            tp = _contained(tp, list)
+            continue
+        branch = _branch(tp, part)
+        if branch is not None:
+            if last:
+                return path, branch
+            tp = branch
+            continue
+        models = _models(tp)
+        if last:
+            return [*path, str(part)], models[0] if models else None
+        path.append(str(part))
+        fields = models[0].model_fields if models else {}
+        tp = fields[part].annotation if part in fields else _contained(tp, dict)
+    return path, None
+
+
+# extra keys first: a misspelt key also reports the correct one as missing
+_PRIORITY = {"extra_forbidden": 0, "union_tag_invalid": 1, "missing": 3}
+
+
+def format_validation_error(error: ValidationError, root: type[BaseModel]) -> str:
+    """One line for the most telling error of ``error``: the key's path, the problem, a hint."""
+    first = min(error.errors(), key=lambda e: _PRIORITY.get(e["type"], 2))
+    path, model = _walk(root, tuple(first["loc"]))
+    where = ".".join(path) or "config"
+    if first["type"] == "extra_forbidden":
+        key = path[-1] if path else "?"
+        valid = list(model.model_fields) if model else []
+        return f"{where}: unknown key{suggest(key, valid)}" + (
+            f" (valid: {', '.join(valid)})" if valid else ""
+        )
+    if first["type"] == "union_tag_invalid":
+        ctx = first.get("ctx", {})
+        tags = [t.strip(" '") for t in str(ctx.get("expected_tags", "")).split(",")]
+        tag = str(ctx.get("tag", ""))
+        return f"{where}: unknown kind {tag!r}{suggest(tag, tags)} (valid: {', '.join(tags)})"
+    if first["type"] == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(first.get("ctx", {}).get("expected", "")))
+        value = str(first.get("input"))
+        return f"{where}: {value!r} is not allowed{suggest(value, allowed)} " + (
+            f"(allowed: {', '.join(allowed)})"
+        )
+    if first["type"] == "missing":
+        return f"{where}: required key is missing"
+    message = first["msg"].removeprefix("Value error, ")
+    value = first.get("input")
+    shown = first["type"] != "value_error" and not isinstance(value, (dict, list))
+    return f"{where}: {message}" + (f" (got {value!r})" if shown else "")

@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -37,11 +36,13 @@ from typing import Any
 
 import optuna
 
-from ravine.bench import tune
+from ravine._io import json_ready, write_json_atomic, write_yaml_atomic
+from ravine.bench import report, tune
 from ravine.bench.config import OptimizerSpec, SearchSpace, SuiteSpec
 from ravine.bench.problems import DatasetProblem, Problem, RunResult, build
+from ravine.bench.report import safe_name
 
-__all__ = ["Chosen", "SuiteOutcome", "run_suite", "run_dir", "safe_name", "write_json_atomic"]
+__all__ = ["Chosen", "SuiteOutcome", "run_suite", "run_dir"]
 
 
 @dataclass
@@ -65,11 +66,6 @@ class SuiteOutcome:
     chosen: dict[tuple[str, str], Chosen] = field(default_factory=dict)
 
 
-def safe_name(label: str) -> str:
-    """``label`` made safe as a single path component."""
-    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("._") or "_"
-
-
 def run_dir(out_dir: Path, problem: str, optimizer: str, seed: int) -> Path:
     """Directory of the final run of ``optimizer`` on ``problem`` with ``seed``."""
     return out_dir / "runs" / safe_name(problem) / safe_name(optimizer) / f"seed-{seed}"
@@ -78,28 +74,6 @@ def run_dir(out_dir: Path, problem: str, optimizer: str, seed: int) -> Path:
 def _digest(obj: Any) -> str:
     text = json.dumps(obj, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _json_ready(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_ready(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_ready(v) for v in value]
-    return value
-
-
-def write_json_atomic(data: Any, path: Path) -> None:
-    """Write ``data`` as JSON via a temporary file, fsync and rename (non-finite floats as
-    the strings ``"inf"`` / ``"nan"``, which ``float()`` reads back)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(_json_ready(data), handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class _Progress:
@@ -172,7 +146,7 @@ def _run_dir_transaction(final: Path) -> Iterator[Path]:
 def _write_run(directory: Path, info: dict[str, Any], result: RunResult) -> None:
     with open(directory / "metrics.jsonl", "w") as handle:
         for record in result.history:
-            handle.write(json.dumps(_json_ready({"kind": "epoch", **record})) + "\n")
+            handle.write(json.dumps(json_ready({"kind": "epoch", **record})) + "\n")
     if result.trajectory is not None:
         write_json_atomic(result.trajectory, directory / "trajectory.json")
     write_json_atomic(
@@ -292,11 +266,9 @@ def run_suite(
     Returns:
         A :class:`SuiteOutcome` with the counts of executed and skipped runs.
     """
-    from ravine.bench import report
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tune.write_yaml_atomic(suite.model_dump(mode="json", exclude_none=True), out_dir / "suite.yaml")
+    write_yaml_atomic(suite.model_dump(mode="json", exclude_none=True), out_dir / "suite.yaml")
     for kind, labels in (("problem", [p.label for p in suite.problems]),
                          ("optimizer", [o.label for o in suite.optimizers])):
         if len({safe_name(x) for x in labels}) != len(labels):

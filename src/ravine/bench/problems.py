@@ -48,7 +48,9 @@ from typing import Annotated, Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ravine import optim
+from ravine import data, models, optim
+from ravine._checks import format_validation_error
+from ravine.train import NonFiniteLossError, fit
 
 __all__ = [
     "RunResult",
@@ -393,8 +395,6 @@ class DatasetProblem(Problem):
     def splits(self) -> Any:
         """The data (loaded once; the split is fixed whatever the run's seed)."""
         if self._splits is None:
-            from ravine import data
-
             self._splits = data.load(self.dataset, **{"seed": 0, **self.spec.data})
         return self._splits
 
@@ -421,8 +421,6 @@ class DatasetProblem(Problem):
 
     def build_model(self) -> torch.nn.Module:
         """The model with input and output sizes filled in from the data (not yet seeded)."""
-        from ravine import models
-
         splits = self.splits
         return models.for_data(dict(self.model_spec), splits.num_features, splits.num_outputs)
 
@@ -435,8 +433,6 @@ class DatasetProblem(Problem):
         seed: int = 0,
         callbacks: Sequence[Callback] = (),
     ) -> RunResult:
-        from ravine.train import NonFiniteLossError, fit
-
         hp = dict(hp or {})
         # fit applies its own weight decay to weights only (biases and norm gains excluded),
         # which is what a weight_decay given with the optimizer should mean too.
@@ -509,8 +505,6 @@ def build(spec: QuadraticSpec | RosenbrockSpec | DatasetSpec | dict[str, Any] | 
     if isinstance(spec, str):
         spec = {"kind": spec}
     if isinstance(spec, dict):
-        from ravine.bench.config import format_validation_error
-
         try:
             spec = _Root.model_validate({"problem": spec}).problem
         except ValidationError as exc:

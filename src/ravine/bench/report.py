@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +29,9 @@ from typing import Any
 
 import numpy as np
 
+from ravine._io import write_json_atomic
 from ravine.bench.config import SuiteSpec
-from ravine.bench.problems import DeterministicProblem, Problem
+from ravine.bench.problems import DeterministicProblem, Problem, Rosenbrock
 from ravine.bench.profile import performance_profile, plot_performance_profile
 
 __all__ = [
@@ -62,6 +64,11 @@ class RunRecord:
     history: list[dict[str, Any]]
     trajectory: list[list[float]] | None
     path: Path
+
+
+def safe_name(label: str) -> str:
+    """``label`` made safe as a single path component."""
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("._") or "_"
 
 
 def _float(value: Any) -> float:
@@ -328,15 +335,12 @@ def _plot_trajectories(
 
 
 def _minimizer(problem: DeterministicProblem) -> np.ndarray:
-    from ravine.bench.problems import Rosenbrock
-
     if isinstance(problem, Rosenbrock):
         return np.array([problem.a, problem.a**2])
     return np.zeros(problem.dim)
 
 
 def _load_tuning(out_dir: Path, problem: str) -> dict[str, dict]:
-    from ravine.bench.compare import safe_name
 
     out = {}
     for path in sorted((out_dir / "tuning" / safe_name(problem)).glob("*.json")):
@@ -390,7 +394,6 @@ def write_report(
     suite: SuiteSpec, out_dir: str | Path, *, problems: Mapping[str, Problem]
 ) -> Path:
     """Write ``report.md``, ``summary.json`` and the plots for the runs in ``out_dir``."""
-    from ravine.bench.compare import safe_name, write_json_atomic
 
     out_dir = Path(out_dir)
     plots = out_dir / "plots"

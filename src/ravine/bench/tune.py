@@ -18,25 +18,20 @@ name share the study: each runs its ``--trials`` trials, and every trial is reco
 from __future__ import annotations
 
 import copy
-import difflib
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from pydantic import ValidationError
 
+from ravine._checks import format_validation_error
 from ravine.bench.config import (
     ConfigError,
     OptimizerSpec,
     SearchSpace,
     StudySpec,
-    format_validation_error,
 )
 from ravine.bench.problems import Callback, Problem, RunResult
 
@@ -55,11 +50,10 @@ __all__ = [
     "fail_stale_trials",
     "run_trials",
     "best_suite",
-    "write_yaml_atomic",
     "find_search_spaces",
     "substitute",
-    "TrainStudy",
-    "MONITORS",
+    "clean_value",
+    "plain_value",
 ]
 
 DEFAULT_LR_SPACE = SearchSpace(search="log", low=1e-4, high=1.0)
@@ -99,7 +93,7 @@ def worst_value(mode: str) -> float:
     return math.inf if mode == "min" else -math.inf
 
 
-def _clean(value: Any, mode: str) -> float:
+def clean_value(value: Any, mode: str) -> float:
     value = float(value) if isinstance(value, (int, float)) else math.nan
     return value if math.isfinite(value) else worst_value(mode)
 
@@ -108,21 +102,16 @@ def objective_value(problem: Problem, result: RunResult) -> float:
     """The trial value of a run: the monitor after its last epoch (worst when diverged)."""
     if result.diverged or not result.history:
         return worst_value(problem.mode)
-    return _clean(result.history[-1].get(problem.monitor), problem.mode)
+    return clean_value(result.history[-1].get(problem.monitor), problem.mode)
 
 
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
-def pruning_callback(trial: optuna.Trial, problem: Problem | TrainStudy) -> Callback:
+def pruning_callback(trial: optuna.Trial, problem: Any) -> Callback:
     """A training callback reporting the monitor to ``trial`` and pruning when Optuna says so.
 
     ``problem`` is anything with ``monitor`` and ``mode`` attributes."""
 
     def report(epoch: int, record: dict[str, Any]) -> None:
-        trial.report(_clean(record.get(problem.monitor), problem.mode), epoch)
+        trial.report(clean_value(record.get(problem.monitor), problem.mode), epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
 
@@ -240,8 +229,8 @@ def best_suite(spec: StudySpec, study: optuna.Study, *, name: str, seeds: int = 
     if opt.label != opt.name:
         entry["label"] = opt.label
     entry["lr"] = float(best.params["lr"]) if "lr" in best.params else opt.lr
-    entry.update({k: _plain(v) for k, v in opt.fixed().items()})
-    entry.update({k: _plain(v) for k, v in best.params.items() if k != "lr"})
+    entry.update({k: plain_value(v) for k, v in opt.fixed().items()})
+    entry.update({k: plain_value(v) for k, v in best.params.items() if k != "lr"})
     problem = spec.problem.model_dump(exclude_none=True, exclude_defaults=True)
     problem = {"kind": spec.problem.kind, **problem}
     return {
@@ -290,120 +279,7 @@ def substitute(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _placeholder(space: SearchSpace) -> Any:
-    if space.search == "categorical":
-        return (space.choices or [None])[0]
-    return int(space.low) if space.search == "int" else space.low  # type: ignore[arg-type]
-
-
-@dataclass
-class TrainStudy:
-    """A ``ravine train`` config with search spaces, ready to be tuned.
-
-    Attributes:
-        raw: the config as read (search spaces included).
-        spaces: the search spaces by dotted key.
-        monitor: the validation metric the trials are judged by; ``mode`` its direction.
-        epochs: the epoch budget of a trial.
-    """
-
-    raw: dict[str, Any]
-    spaces: dict[str, SearchSpace]
-    monitor: str
-    mode: str
-    epochs: int
-
-    @classmethod
-    def from_raw(cls, raw: dict[str, Any], monitor: str | None = None) -> TrainStudy:
-        """Check ``raw`` (a train config) and pick the monitor.
-
-        The default monitor is the early-stopping monitor when one is configured, else
-        ``val_acc`` for ``cross_entropy`` and ``val_loss`` for ``mse``.
-
-        Raises:
-            ConfigError: for an invalid config, no search space or no validation split.
-        """
-        from ravine.config import validate_config
-
-        spaces = find_search_spaces(raw)
-        if not spaces:
-            raise ConfigError(
-                "the config searches nothing; mark a value as searchable, e.g. "
-                "optimizer: {name: adam, lr: {search: log, low: 1.0e-4, high: 1.0}}"
-            )
-        config = validate_config(substitute(raw, {k: _placeholder(v) for k, v in spaces.items()}))
-        if config.data.val_fraction == 0:
-            raise ConfigError("tuning needs a validation split: set data.val_fraction > 0")
-        if monitor is None and config.early_stopping is not None:
-            monitor = config.early_stopping.monitor
-        if monitor is None:
-            monitor = "val_acc" if config.loss == "cross_entropy" else "val_loss"
-        if monitor not in MONITORS:
-            raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}"
-                              f"{_did_you_mean(monitor, list(MONITORS))}")
-        mode = "max" if monitor.endswith("acc") else "min"
-        return cls(raw=raw, spaces=spaces, monitor=monitor, mode=mode, epochs=config.epochs)
-
-    def objective(self, *, pruning: bool) -> Callable[[optuna.Trial], float]:
-        """The Optuna objective: train the config with sampled values, as ``ravine train``
-        would (same seed, split and initialization), without writing a run directory."""
-
-        from ravine.config import validate_config
-        from ravine.train import NonFiniteLossError, fit
-
-        def objective(trial: optuna.Trial) -> float:
-            values = {path: space.suggest(trial, path) for path, space in self.spaces.items()}
-            config = validate_config(substitute(self.raw, values))
-            run = config.build()
-            splits, model = run.splits, run.model
-            options = config.fit_kwargs()
-            callbacks = [pruning_callback(trial, self)] if pruning else []  # type: ignore[arg-type]
-            history: list[dict[str, Any]] = []
-            try:
-                result = fit(model, splits.train, splits.val, test=None, **options, quiet=True,
-                             callbacks=[lambda epoch, record: history.append(record), *callbacks])
-            except NonFiniteLossError:
-                trial.set_user_attr("diverged", True)
-                return worst_value(self.mode)
-            values_seen = [_clean(r.get(self.monitor), self.mode) for r in result.history]
-            if config.early_stopping is not None and config.early_stopping.restore_best:
-                # the deployed model is the best epoch's, so that is what the trial is worth
-                return min(values_seen) if self.mode == "min" else max(values_seen)
-            return values_seen[-1]
-
-        return objective
-
-    def best_config(self, study: optuna.Study, run_dir: str | None = None) -> dict[str, Any]:
-        """The config with the best trial's values, ready for ``ravine train``.
-
-        Raises:
-            ValueError: when no trial has completed.
-        """
-        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if not complete:
-            raise ValueError(f"study {study.study_name!r} has no completed trial yet")
-        best = substitute(self.raw, {k: _plain(v) for k, v in study.best_trial.params.items()})
-        if run_dir is not None:
-            best["run_dir"] = run_dir
-        return best
-
-
-MONITORS = ("val_acc", "val_loss", "train_acc", "train_loss")
-
-
-def _plain(value: Any) -> Any:
+def plain_value(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
     return value
-
-
-def write_yaml_atomic(data: dict[str, Any], path: str | Path) -> None:
-    """Write ``data`` as YAML to ``path`` via a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -1,7 +1,8 @@
 """PNG plots of the diagnostics (matplotlib's Agg canvas, imported only when plotting).
 
 The figures are drawn on ``matplotlib.figure.Figure`` with an Agg canvas, so no global backend
-is switched and no window opens.
+is switched and no window opens. The plotters read the results' attributes only, so this module
+imports none of the modules whose results it draws (they import it, for their ``.plot()``).
 """
 
 from __future__ import annotations
@@ -9,13 +10,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-
-if TYPE_CHECKING:
-    from ravine.diagnostics.noise import GradientNoiseResult
-    from ravine.diagnostics.spectrum import SpectralDensity
 
 __all__ = ["plot_spectral_density", "plot_gradient_noise", "plot_history"]
 
@@ -36,8 +33,9 @@ def _save(figure: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_spectral_density(density: SpectralDensity, path: str | Path) -> Path:
-    """Plot an SLQ density (log scale), its nodes, and the mass below zero; returns ``path``."""
+def plot_spectral_density(density: Any, path: str | Path) -> Path:
+    """Plot an SLQ density (a :class:`~ravine.diagnostics.spectrum.SpectralDensity`; log scale),
+    its nodes, and the mass below zero; returns ``path``."""
     figure = _figure()
     ax = figure.add_subplot()
     floor = max(float(density.density.max()) * 1e-8, 1e-300)
@@ -54,8 +52,9 @@ def plot_spectral_density(density: SpectralDensity, path: str | Path) -> Path:
     return _save(figure, path)
 
 
-def plot_gradient_noise(result: GradientNoiseResult, path: str | Path) -> Path:
-    """Log-log plot of the measured minibatch-gradient std against m, the fit and √(tr Σ / m)."""
+def plot_gradient_noise(result: Any, path: str | Path) -> Path:
+    """Log-log plot of the measured minibatch-gradient std against m, the fit and √(tr Σ / m)
+    (``result``: a :class:`~ravine.diagnostics.noise.GradientNoiseResult`)."""
     figure = _figure()
     ax = figure.add_subplot()
     sizes = np.array(sorted(result.std_by_m), dtype=np.float64)

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ravine.diagnostics.plots import plot_history
 from ravine.train.metrics import read_metrics
 
 __all__ = ["line_plot", "write_report", "markdown_table"]
@@ -136,8 +137,6 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         for r in epochs if any(k.startswith("diag_") for k in r)
     ]
     if measured:
-        from ravine.diagnostics.plots import plot_history
-
         plot_history(measured, plots / "diagnostics.png")
         made.append(("Diagnostics during training", "plots/diagnostics.png"))
 
