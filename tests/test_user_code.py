@@ -103,7 +103,12 @@ def test_the_my_project_example_trains_from_another_directory(tmp_path):
     assert rows[0].startswith("epoch,step,train_loss,train_acc") and len(rows) == 3
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["compute_loss"] == "my_project.losses:compute_loss"
+    assert config["code_dir"] == str(EXAMPLE)
     assert (run / "report.md").exists()
+    # diagnose finds the run's code, and says in one line why it cannot measure this run
+    proc = ravine("diagnose", str(run), cwd=tmp_path)
+    assert proc.returncode == 2 and "trains through compute_loss" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_factory_errors_are_one_line_naming_the_key(tmp_path):
@@ -115,6 +120,7 @@ def test_factory_errors_are_one_line_naming_the_key(tmp_path):
          "model.factory: module 'userdata_errors' has no attribute 'missing'"),
         (["--set", "compute_loss=userdata_errors"], "compute_loss: expected 'module:attribute'"),
         (["--set", "data.name=digits"], "give exactly one of 'name'"),
+        (["--set", "model={kind: mlp, hidden: [4]}"], "model: kind 'mlp' takes its sizes from"),
     ]
     for args, expected in cases:
         proc = ravine("train", str(config), "--quiet", "--overwrite", *args, cwd=tmp_path)

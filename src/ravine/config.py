@@ -1,50 +1,72 @@
 """Run configuration: the YAML file read by ``ravine train`` (pydantic v2, unknown keys rejected).
 
-Every key below is optional except ``data`` and ``model``; the values shown are the defaults
-(``null`` means "not set": the library's own default applies). Top-level keys are the options of
-:func:`ravine.fit` with the same names and meanings.
+:class:`RunConfig` is :class:`ravine.train.options.FitOptions` — every option of
+:func:`ravine.fit`, at the top level, documented and validated there — plus ``data``, ``model``,
+``run_dir`` and ``code_dir``. Every key is optional except ``data`` and ``model``; the values
+shown are the defaults (``null``: the library's own default applies).
 
 .. code-block:: yaml
 
     data:                      # or just `data: mnist1d`
-      name: mnist1d            # mnist1d | digits | quadratic | path/to/file.csv | path/to/file.npz
+      name: mnist1d            # mnist1d | digits | quadratic | image-folder | file.csv | file.npz
       val_fraction: 0.1        # validation share of the training examples, in [0, 1)
       seed: null               # seed of the split (null: the run's seed)
       standardize: null        # source options of ravine.data.load: standardize, as_images,
-                               # test_fraction, label, task, kappa, dim, n, noise
+                               # test_fraction, label, task, kappa, dim, n, noise; for
+                               # image-folder: root, size ([H, W]), grayscale
+    # data: {factory: "mypkg.data:build", options: {...}}  -- your own code: returns
+    #   (train, val, test), (train, val), {"train": ..., ...} or a Splits; each split a pair of
+    #   tensors, a Dataset, an IterableDataset or a DataLoader (seed= is passed if it takes one)
     model:                     # input and output sizes come from the data
       kind: cnn1d              # mlp | cnn1d | cnn2d
       norm: batch              # none | batch | layer | weight
       dropout: null            # also: hidden (mlp, required), channels, kernel_size,
                                # activation, image_size
+    # model: {factory: "mypkg.models:build", options: {...}}  -- returns an nn.Module
     optimizer:                 # or just `optimizer: adam`
       name: adam               # sgd | momentum | nesterov | adagrad | rmsprop | rmsprop-nesterov |
                                # adam | adamw
       lr: null                 # also, where the optimizer has them: momentum, rho, eps, betas,
-                               # compile
+                               # compile, fused
     schedule:                  # or just `schedule: constant`
-      name: constant           # constant | linear-decay | inverse-time | step | cosine
+      name: constant           # constant | linear-decay | inverse-time | step | cosine |
+                               # reduce-on-plateau
       warmup_steps: 0          # options: decay_steps, final_lr (linear-decay; decay_steps
                                # defaults to the whole run), decay_steps (inverse-time),
-                               # step_size, gamma (step), T_max, eta_min (cosine)
+                               # step_size, gamma (step), T_max, eta_min (cosine), factor,
+                               # patience, threshold, mode, min_lr, cooldown (reduce-on-plateau,
+                               # stepped each epoch with the early-stopping monitor's value)
     epochs: 10
+    max_steps: null            # stop after this many optimizer steps
     batch_size: 100
     batching: epoch            # epoch | random
-    loss: cross_entropy        # cross_entropy | mse
+    drop_last: false
+    steps_per_epoch: null      # required for a stream (IterableDataset)
+    accumulate: 1              # micro-batches per minibatch (same step as the whole minibatch)
+    num_workers: 0             # DataLoader workers for a Dataset; also pin_memory, prefetch
+    loss: cross_entropy        # cross_entropy | mse | bce | "mypkg.losses:fn" (output, target)
+    compute_loss: null         # "mypkg.losses:fn": fn(model, batch) -> loss or (loss, metrics)
+    metrics: null              # {name: "mypkg.metrics:fn"}: fn(output, target), averaged
     clip_norm: null
     weight_decay: 0.0          # biases and normalization parameters are never decayed
-    early_stopping: null       # or a mapping:
-    #  monitor: val_loss       # train_loss | train_acc | val_loss | val_acc
+    precision: fp32            # fp32 | bf16 | fp16
+    val_every: 1               # epochs; val_every_steps: also every N steps
+    early_stopping: null       # or true, or a mapping:
+    #  monitor: val_loss       # train_loss | train_acc | val_loss | val_acc | val_<metric>
     #  mode: auto              # auto | min | max
     #  patience: 5
     #  min_delta: 0.0
     #  restore_best: true
     #  start_from_epoch: 0
+    diagnostics: null          # e.g. {every: 10}: curvature and noise during training
     seed: 0
     run_dir: null              # null: runs/<name of the config file>
+    code_dir: null             # null: the config file's folder (where factories are imported)
     checkpoint_every: 1        # epochs
     checkpoint_every_steps: null
+    async_checkpoints: true    # write checkpoints from a CPU snapshot in a background thread
     log_every: 1               # steps
+    loggers: []                # csv | tensorboard (metrics.jsonl is always written)
     device: cpu
     sync_batchnorm: false      # data-parallel runs on CUDA: batch norm over the global
                                # batch (SyncBatchNorm); else each process's own share
@@ -53,8 +75,9 @@ Every key below is optional except ``data`` and ``model``; the values shown are 
 Relative paths (data files, ``run_dir``) are relative to the current directory.
 
 Overrides use dotted keys with YAML values, ``--set optimizer.lr=0.1 --set early_stopping=null``.
-Any problem — unreadable YAML, an unknown key, a bad value — raises :class:`ConfigError` with a
-single line that names the key path and, for unknown keys or names, the closest valid one.
+Any problem — unreadable YAML, an unknown key, a bad value, a factory that cannot be imported —
+raises :class:`ConfigError` with a single line that names the key path and, for unknown keys or
+names, the closest valid one.
 """
 
 from __future__ import annotations
@@ -228,6 +251,10 @@ class ModelConfig(Section):
                 raise ConfigError(f"model.factory must return a torch.nn.Module, got "
                                   f"{type(model).__name__}")
             return model
+        if not hasattr(splits, "num_features"):
+            raise ConfigError(f"model: kind {self.kind!r} takes its sizes from a "
+                              "ravine.data.Splits; with data.factory, return a Splits or use "
+                              "model.factory")
         spec = {"kind": self.kind, **self.given(exclude=("kind", "factory", "options"))}
         try:
             return models.for_data(spec, splits.num_features, _num_outputs(splits))
@@ -258,6 +285,10 @@ class RunConfig(FitOptions):
     data: DataConfig
     model: ModelConfig
     run_dir: str | None = None
+    #: where ``module:function`` names are imported from (besides the current directory);
+    #: ``load_config`` sets it to the config file's folder, and the run's ``config.yaml`` keeps
+    #: it, so ``ravine diagnose RUN_DIR`` finds the same code.
+    code_dir: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -283,13 +314,11 @@ class RunConfig(FitOptions):
         User factories (``module:function``) are imported from the current directory or the
         config file's folder.
         """
-        with _importable(self._folder):
+        with _importable(self.code_dir):
             splits = self.data.load(self.seed)
             torch.manual_seed(self.seed)
             model = self.model.build(splits)
         return Run(splits, model)
-
-    _folder: str | None = None
 
 
 class _importable:
@@ -345,7 +374,9 @@ def validate_config(raw: Any, source: str = "config") -> RunConfig:
     Raises:
         ConfigError: one line listing every problem, each with its key path.
     """
-    return RunConfig.validate(raw, source)
+    folder = raw.get("code_dir") if isinstance(raw, dict) else None
+    with _importable(folder if isinstance(folder, str) else None):
+        return RunConfig.validate(raw, source)
 
 
 def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> RunConfig:
@@ -379,7 +410,6 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
         if raw.get("run_dir") is None:
             raw["run_dir"] = str(Path("runs") / path.stem)
     folder = str(path.resolve().parent)
-    with _importable(folder):
-        config = validate_config(raw, str(path))
-    config._folder = folder
-    return config
+    if isinstance(raw, dict) and raw.get("code_dir") is None:
+        raw["code_dir"] = folder
+    return validate_config(raw, str(path))

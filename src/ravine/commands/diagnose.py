@@ -85,6 +85,12 @@ def diagnose_run(
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
     config, root = _load(Path(path))
+    if config.compute_loss is not None:
+        raise ValueError(
+            f"{path}: the run trains through compute_loss; the curvature and noise diagnostics "
+            "need (x, y) batches and a loss(output, target) (call ravine.diagnostics on your "
+            "model with such a loss instead)"
+        )
     run = config.build()
     splits, model = run.splits, run.model
     steps: list[dict[str, Any]] = []
