@@ -168,3 +168,17 @@ def test_custom_regression_problem(tmp_path):
     result = p.run("adam", 0.01, seed=0)
     assert [r["epoch"] for r in result.history] == [1, 2]
     assert set(result.final) == {"test_loss"}
+
+
+def test_a_dataset_problem_takes_any_training_option_of_the_one_schema():
+    from ravine.train import FitOptions
+
+    p = problems.build({"kind": "mlp-digits", "epochs": 2, "drop_last": True,
+                        "schedule": "cosine", "accumulate": 2})
+    assert p.options["drop_last"] is True and p.options["accumulate"] == 2
+    assert p.options["schedule"].name == "cosine"
+    settable = set(problems.DatasetSpec.model_fields)
+    # every training option but those the benchmark decides per run
+    assert set(FitOptions.model_fields) - settable == {"optimizer", "lr", "seed"}
+    with pytest.raises(ValueError, match="batch_sise: unknown key; did you mean 'batch_size'"):
+        problems.build({"kind": "mlp-digits", "batch_sise": 3})

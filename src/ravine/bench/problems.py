@@ -38,6 +38,7 @@ initialization and fit's batching. Classification problems monitor ``val_acc`` a
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from abc import ABC, abstractmethod
@@ -46,11 +47,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
 from ravine import data, models, optim
 from ravine._checks import format_validation_error
 from ravine.train import NonFiniteLossError, fit
+from ravine.train.options import FitOptions, expand_shorthand
 
 __all__ = [
     "RunResult",
@@ -144,7 +146,7 @@ class Problem(ABC):
 
 
 class _Common(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     name: str | None = None
     epochs: int | None = Field(default=None, ge=1)
@@ -185,25 +187,50 @@ class RosenbrockSpec(_Common):
     init_std: float = Field(default=0.0, ge=0)
 
 
-class DatasetSpec(_Common):
+# The benchmark decides these per run; every other training option a problem may set.
+_BENCH_DECIDES = ("optimizer", "lr", "seed", "epochs")
+
+
+def _fit_fields() -> dict[str, Any]:
+    """FitOptions' fields, each optional (``None``: the problem's or fit's default)."""
+    fields = {}
+    for name, info in FitOptions.model_fields.items():
+        if name not in _BENCH_DECIDES:
+            optional = copy.copy(info)
+            optional.default, optional.default_factory = None, None
+            fields[name] = (info.annotation | None, optional)
+    return fields
+
+
+_FitFields = create_model("_FitFields", __base__=_Common, **_fit_fields())
+
+
+class DatasetSpec(_FitFields):  # type: ignore[misc, valid-type]
     """Options of the neural-network problems: the built-ins and ``custom`` (dataset + model).
 
     ``data`` holds keyword arguments of ``ravine.data.load``; ``model`` a ``models.build`` spec
     (for built-ins: keys overriding the built-in model; input and output sizes are filled in
-    from the data); the other keys are ``fit`` options.
+    from the data); every other key is a training option of :class:`ravine.train.FitOptions`
+    (the benchmark sets ``optimizer``, ``lr`` and ``seed`` itself).
     """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     kind: Literal["logreg-digits", "mlp-digits", "mlp-mnist1d", "cnn-mnist1d", "custom"]
     dataset: str | None = None
     data: dict[str, Any] = {}
     model: dict[str, Any] = {}
-    batch_size: int | None = Field(default=None, ge=1)
-    batching: Literal["epoch", "random"] = "epoch"
-    loss: Literal["cross_entropy", "mse"] | None = None
-    weight_decay: float | None = Field(default=None, ge=0)
-    schedule: str | dict[str, Any] = "constant"
-    clip_norm: float | None = Field(default=None, gt=0)
     monitor: Literal["val_acc", "val_loss"] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, raw: Any) -> Any:
+        return expand_shorthand(raw)
+
+    def fit_options(self) -> dict[str, Any]:
+        """The training options this problem sets (the others keep their defaults)."""
+        return {name: getattr(self, name) for name in self.model_fields_set
+                if name in FitOptions.model_fields and name not in _BENCH_DECIDES}
 
     @model_validator(mode="after")
     def _custom_needs_data_and_model(self) -> DatasetSpec:
@@ -383,11 +410,11 @@ class DatasetProblem(Problem):
         self.dataset: str = spec.dataset or defaults["dataset"]
         self.model_spec = {**defaults.get("model", {}), **spec.model}
         self.epochs = spec.epochs or defaults.get("epochs", 10)
-        self.batch_size = spec.batch_size or defaults.get("batch_size", 100)
-        self.weight_decay = (
-            spec.weight_decay if spec.weight_decay is not None
-            else defaults.get("weight_decay", 0.0)
-        )
+        self.options = spec.fit_options()
+        self.batch_size = self.options.pop("batch_size", None) or defaults.get("batch_size", 100)
+        weight_decay = self.options.pop("weight_decay", None)
+        self.weight_decay = weight_decay if weight_decay is not None else defaults.get(
+            "weight_decay", 0.0)
         self.target = spec.target if spec.target is not None else defaults.get("target")
         self._splits: Any = None
 
@@ -453,13 +480,10 @@ class DatasetProblem(Problem):
                 splits.train,
                 splits.val,
                 test=splits.test,
+                **{"loss": "cross_entropy" if self.classification else "mse", **self.options},
                 optimizer={"name": optimizer, "lr": lr, **hp},
-                schedule=self.spec.schedule,
                 epochs=self.epochs,
                 batch_size=self.batch_size,
-                batching=self.spec.batching,
-                loss=self.spec.loss or ("cross_entropy" if self.classification else "mse"),
-                clip_norm=self.spec.clip_norm,
                 weight_decay=weight_decay,
                 seed=seed,
                 quiet=True,

@@ -44,6 +44,7 @@ __all__ = [
     "Section",
     "RUN_CONTROL",
     "import_object",
+    "expand_shorthand",
 ]
 
 # fit() keywords that steer one call rather than define the run (not part of the schema).
@@ -192,6 +193,38 @@ def _plain_name(value: Any) -> Any:
     return f"{named.__module__}:{named.__qualname__}"
 
 
+def expand_shorthand(raw: Any) -> Any:
+    """The short forms of the options, made long: ``optimizer: adam`` means ``{name: adam}``,
+    ``early_stopping: true`` the defaults, ``"module:function"`` the imported function."""
+    if isinstance(raw, dict):
+        raw = dict(raw)
+        for section in ("optimizer", "schedule"):
+            if isinstance(raw.get(section), str):
+                raw[section] = {"name": raw[section]}
+        if raw.get("early_stopping") is True:
+            raw["early_stopping"] = {}
+        elif raw.get("early_stopping") is False:
+            raw["early_stopping"] = None
+        if raw.get("diagnostics") is True:
+            raw["diagnostics"] = {}
+        elif raw.get("diagnostics") is False:
+            raw["diagnostics"] = None
+        if isinstance(raw.get("compute_loss"), str):
+            raw["compute_loss"] = import_object(raw["compute_loss"], "compute_loss")
+        if isinstance(raw.get("loss"), str) and ":" in raw["loss"]:
+            raw["loss"] = import_object(raw["loss"], "loss")
+        metrics = raw.get("metrics")
+        if isinstance(metrics, (list, tuple)):
+            raw["metrics"] = {getattr(f, "__name__", f"metric{i}"): f
+                              for i, f in enumerate(metrics)}
+        if isinstance(raw.get("metrics"), dict):
+            raw["metrics"] = {k: import_object(v, f"metrics.{k}") if isinstance(v, str)
+                              else v for k, v in raw["metrics"].items()}
+        if isinstance(raw.get("loggers"), str):
+            raw["loggers"] = [raw["loggers"]]
+    return raw
+
+
 LOSSES = ("cross_entropy", "mse", "bce")
 
 
@@ -306,34 +339,7 @@ class FitOptions(Section):
     @model_validator(mode="before")
     @classmethod
     def _expand_shorthand(cls, raw: Any) -> Any:
-        # `optimizer: adam` means `{name: adam}`; `early_stopping: true` means the defaults.
-        if isinstance(raw, dict):
-            raw = dict(raw)
-            for section in ("optimizer", "schedule"):
-                if isinstance(raw.get(section), str):
-                    raw[section] = {"name": raw[section]}
-            if raw.get("early_stopping") is True:
-                raw["early_stopping"] = {}
-            elif raw.get("early_stopping") is False:
-                raw["early_stopping"] = None
-            if raw.get("diagnostics") is True:
-                raw["diagnostics"] = {}
-            elif raw.get("diagnostics") is False:
-                raw["diagnostics"] = None
-            if isinstance(raw.get("compute_loss"), str):
-                raw["compute_loss"] = import_object(raw["compute_loss"], "compute_loss")
-            if isinstance(raw.get("loss"), str) and ":" in raw["loss"]:
-                raw["loss"] = import_object(raw["loss"], "loss")
-            metrics = raw.get("metrics")
-            if isinstance(metrics, (list, tuple)):
-                raw["metrics"] = {getattr(f, "__name__", f"metric{i}"): f
-                                  for i, f in enumerate(metrics)}
-            if isinstance(raw.get("metrics"), dict):
-                raw["metrics"] = {k: import_object(v, f"metrics.{k}") if isinstance(v, str)
-                                  else v for k, v in raw["metrics"].items()}
-            if isinstance(raw.get("loggers"), str):
-                raw["loggers"] = [raw["loggers"]]
-        return raw
+        return expand_shorthand(raw)
 
     @field_serializer("loss", "compute_loss", "metrics", "loggers", "diagnostics")
     def _plain(self, value: Any) -> Any:
