@@ -51,7 +51,9 @@ __all__ = ["RavineOptimizer", "clip_grad_norm_", "true_params", "add_scaled_", "
 
 # Hyperparameters that may change from step to step. On the compile path they are passed as
 # 0-d tensors so that a new learning rate does not trigger a recompilation.
-STEP_VARYING = frozenset({"lr", "shift", "bias_correction1", "bias_correction2_sqrt"})
+STEP_VARYING = frozenset(
+    {"lr", "shift", "scale", "new_scale", "bias_correction1", "bias_correction2_sqrt"}
+)
 
 # A check is (predicate, text of the allowed range) for one hyperparameter.
 Check = tuple[Callable[[Any], bool], str]
@@ -414,14 +416,19 @@ class RavineOptimizer(Optimizer):
                     state.update(after)
 
     def _fused_hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        return self._hyper(group, **scalars)
+
+    def _interim_offset(self, state: dict[str, Any]) -> tuple[Tensor, float]:
+        """``(t, c)`` with ``θ = θ̃ + c·t``: here ``θ̃ = θ + s·v``, so ``(v, -s)``."""
+        return state["velocity"], -state["shift"]
 
     def _shifted(self) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """``(parameter, t, c)`` for every parameter held at an interim point ``θ + c·t``."""
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and state.get("shift", 0.0) != 0.0:
-                    yield p, state["velocity"], state["shift"]
+                    yield (p, *self._interim_offset(state))
 
     @contextlib.contextmanager
     def true_params(self) -> Iterator[None]:
@@ -433,9 +440,9 @@ class RavineOptimizer(Optimizer):
         """
         saved = []
         with torch.no_grad():
-            for p, v, s in self._shifted():
+            for p, t, c in self._shifted():
                 saved.append((p, p.detach().clone()))
-                p.add_(v, alpha=-s)
+                p.add_(t, alpha=c)
         try:
             yield
         finally:
@@ -450,8 +457,8 @@ class RavineOptimizer(Optimizer):
         Training may continue afterwards: the next step starts from ``θ`` (its gradient is then
         taken at ``θ`` rather than at ``θ + αv``) and every later step is exact again.
         """
-        for p, v, s in list(self._shifted()):
-            p.add_(v, alpha=-s)
+        for p, t, c in list(self._shifted()):
+            p.add_(t, alpha=c)
             self.state[p]["shift"] = 0.0
 
     def __repr__(self) -> str:
