@@ -107,14 +107,21 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 # Optimizers whose default path is one of torch's fused kernels; fused=False is their foreach path.
 FUSED = [name for name in optim.names() if "fused" in optim.hyperparameters(name)]
-# Every eager path: (name, fused) with None the default.
-PATHS = [(name, None) for name in optim.names()] + [(name, False) for name in FUSED]
+# Every eager path as (name, options): the default, the foreach path where the default is a
+# fused kernel, and flat storage over each of them.
+PATHS = (
+    [(name, {}) for name in optim.names()]
+    + [(name, {"fused": False}) for name in FUSED]
+    + [(name, {"flat": True}) for name in optim.names()]
+    + [(name, {"flat": True, "fused": False}) for name in FUSED]
+)
 
 
-@pytest.mark.parametrize(("name", "fused"), PATHS)
+@pytest.mark.parametrize(("name", "options"), PATHS, ids=lambda x: x if isinstance(x, str) else
+                         "-".join(f"{k}={v}" for k, v in x.items()) or "default")
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("clip", [False, True])
-def test_matches_algorithm_box(name, fused, weight_decay, clip):
+def test_matches_algorithm_box(name, options, weight_decay, clip):
     problem = Problem(seed=1)
     hp = dict(HP[name])
     lrs = lr_schedule(hp.pop("lr"), 60)
@@ -124,10 +131,10 @@ def test_matches_algorithm_box(name, fused, weight_decay, clip):
     expected = reference.run(
         name, problem.theta0, problem.grad, lrs, weight_decay=weight_decay, **hp
     )
-    if fused is not None:
-        hp["fused"] = fused
-    traj, clipped, opt, _ = run_ravine(name, problem, lrs, weight_decay=weight_decay, **hp)
-    assert opt._fused is (name in FUSED and fused is None)
+    traj, clipped, opt, _ = run_ravine(
+        name, problem, lrs, weight_decay=weight_decay, **options, **hp
+    )
+    assert opt._fused is (name in FUSED and options.get("fused") is None)
     for k, (got, want) in enumerate(zip(traj, expected, strict=True)):
         assert rel_err(got, want) <= 1e-10, f"step {k}"
     if clip:
@@ -214,9 +221,10 @@ def test_float32_tracks_float64_reference(name):
 
 
 @pytest.mark.parametrize("name", optim.names())
-def test_resume_from_state_dict_is_bit_identical(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_resume_from_state_dict_is_bit_identical(name, flat_storage):
     problem = Problem(seed=5)
-    hp = dict(HP[name])
+    hp = dict(HP[name], flat=flat_storage)
     lrs = lr_schedule(hp.pop("lr"), 40)
 
     params = problem.params()
@@ -573,16 +581,18 @@ def test_compile_path_on_many_tensors_equals_foreach():
     init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
     grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
     results = []
-    for compile in (False, True):
+    # Flat storage: one compiled graph over one buffer instead of chunks of 16 tensors.
+    for compile, flat_storage in ((False, False), (True, False), (True, True)):
         params = [t.clone().requires_grad_() for t in init]
-        opt = optim.RMSPropNesterov(params, lr=0.01, compile=compile)
+        opt = optim.RMSPropNesterov(params, lr=0.01, compile=compile, flat=flat_storage)
         for k, gs in enumerate(grads):
             opt.param_groups[0]["lr"] = 0.01 / (k + 1)
             for p, g in zip(params, gs, strict=True):
                 p.grad = g.clone()
             opt.step()
         results.append(flat(params))
-    assert rel_err(results[1], results[0]) <= 1e-12
+    for result in results[1:]:
+        assert rel_err(result, results[0]) <= 1e-12
 
 
 @pytest.mark.parametrize("name", FUSED)
@@ -743,14 +753,17 @@ def test_parameters_with_intermittent_gradients_keep_their_own_state(name):
 
 
 @pytest.mark.parametrize("name", optim.names())
-def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_deepcopy_and_pickle_keep_options_and_continue_identically(name, flat_storage):
     import copy
     import pickle
 
     problem = Problem(seed=12)
     hp = dict(HP[name])
     params = problem.params()
-    opt = optim.create(name, params, clip_norm=2.0, track_grad_norm=True, **hp)
+    opt = optim.create(
+        name, params, clip_norm=2.0, track_grad_norm=True, flat=flat_storage, **hp
+    )
     for _ in range(3):
         problem.backward(params)
         opt.step()
@@ -758,6 +771,7 @@ def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
     restored = pickle.loads(pickle.dumps(opt))
     assert restored.clip_norm == 2.0 and restored.track_grad_norm
     assert clone.clip_norm == 2.0 and clone._fused == opt._fused
+    assert restored.flat is clone.flat is flat_storage
     for _ in range(3):
         problem.backward(params)
         opt.step()
@@ -799,3 +813,81 @@ def test_cache_chunked_eager_path_equals_one_pass(name, monkeypatch):
         results.append(torch.cat([p.detach() for p in params]))
     assert len(base._cache_chunks(params)) > 1
     assert torch.equal(results[0], results[1])
+
+
+def _many_tensors(count: int = 40, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(int(torch.randint(1, 3000, (1,), generator=gen)),) for _ in range(count)]
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(5)]
+    return init, grads
+
+
+@pytest.mark.parametrize(("name", "options"), [p for p in PATHS if "flat" not in p[1]])
+def test_flat_storage_equals_separate_tensors(name, options, monkeypatch):
+    # Many tensors, several cache-sized pieces; gradients arrive both ways: accumulated into the
+    # flat buffer after opt.zero_grad(), and as fresh tensors (gathered into it).
+    import ravine.optim.base as base
+
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", 64 << 10)
+    init, grads = _many_tensors()
+    hp = dict(HP[name], **options)
+    results = []
+    for flat_storage in (False, True):
+        params = [t.clone().requires_grad_() for t in init]
+        opt = optim.create(name, params, flat=flat_storage, weight_decay=0.01, **hp)
+        for k, gs in enumerate(grads):
+            opt.param_groups[0]["lr"] = hp["lr"] / (k + 1)
+            opt.zero_grad()
+            for p, g in zip(params, gs, strict=True):
+                if k % 2:
+                    p.grad = g.clone()
+                else:
+                    (p * g).sum().backward()
+            opt.step()
+        with optim.true_params(opt):
+            results.append(flat(params))
+    assert rel_err(results[1], results[0]) <= 1e-12
+
+
+def test_flat_storage_layout_and_zero_grad():
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    net.double()
+    net[0].bias.data = net[0].bias.data.float()  # a second dtype: a second buffer
+    params = list(net.parameters())
+    opt = optim.Adam(params, lr=0.01, flat=True)
+
+    def backward():
+        x = torch.randn(4, 5, dtype=torch.float64)
+        hidden = torch.tanh(x @ net[0].weight.T + net[0].bias.double())
+        torch.nn.functional.mse_loss(net[2](hidden), x[:, :2]).backward()
+
+    backward()
+    opt.step()
+    doubles = [p for p in params if p.dtype == torch.float64]
+    storage = doubles[0].untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in doubles)
+    grads = [p.grad for p in params]
+    state = [opt.state[p]["exp_avg"] for p in doubles]
+    assert all(t.untyped_storage().data_ptr() == state[0].untyped_storage().data_ptr()
+               for t in state)
+    opt.zero_grad()
+    assert all(p.grad is g and not g.any() for p, g in zip(params, grads, strict=True))
+    backward()
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    net.zero_grad()  # set_to_none on the model: the next step gathers the new gradients
+    backward()
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    assert all(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+
+
+def test_flat_option_validation():
+    p = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="flat must be True or False, got 1"):
+        optim.SGD(p, flat=1)
+    q = torch.zeros(3, 2).t().requires_grad_()
+    q.grad = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="contiguous"):
+        optim.SGD([q], flat=True).step()

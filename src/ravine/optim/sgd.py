@@ -165,6 +165,8 @@ class SGD(RavineOptimizer):
         compile: fuse the update with ``torch.compile`` (``True`` or a backend name).
         fused: ``None`` (default) runs torch's fused SGD kernel on CPU/CUDA unless ``compile``
             is set; ``False`` uses the multi-tensor path.
+        flat: keep parameters, gradients and state in one contiguous buffer per device and
+            dtype (see :mod:`ravine.optim.base`); fastest for many small tensors.
 
     Equals ``torch.optim.SGD(momentum=0)``.
     """
@@ -183,6 +185,7 @@ class SGD(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -190,6 +193,7 @@ class SGD(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
             fused=fused,
         )
 
@@ -220,6 +224,7 @@ class _ScaledVelocity(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -227,6 +232,7 @@ class _ScaledVelocity(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
             fused=fused,
         )
 
@@ -279,7 +285,7 @@ class Momentum(_ScaledVelocity):
         params: parameters or parameter groups.
         lr: ``ε > 0``.
         momentum: ``α`` in ``[0, 1)``.
-        weight_decay, clip_norm, track_grad_norm, compile, fused: as in :class:`SGD`.
+        weight_decay, clip_norm, track_grad_norm, compile, fused, flat: as in :class:`SGD`.
     """
 
     _rule = staticmethod(momentum_update)
