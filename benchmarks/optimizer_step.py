@@ -11,7 +11,7 @@ The learning rate changes before every step (linear decay), as under a schedule:
 Momentum and Nesterov must stay exact then, and must not pay for it. The memory-traffic floor is
 the bytes one step must read and write divided by the copy bandwidth measured in the same run.
 
-Usage:  python benchmarks/optimizer_step.py [--repeats 20] [--quick] [--only NAME ...]
+Usage:  python benchmarks/optimizer_step.py [--repeats 20] [--threads N] [--quick] [--only NAME ...]
 Writes: benchmarks/results/optimizer_step.md (merged into BENCHMARKS.md by benchmarks/collect.py);
         runs with --only or --quick print their table and write nothing.
 """
@@ -197,7 +197,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--quick", action="store_true", help="1/10 of the sizes (smoke run)")
     parser.add_argument("--only", nargs="+", choices=optim.names(), help="these optimizers only")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's); 1 on a busy shared machine"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     scale = 10 if args.quick else 1
     names = args.only or optim.names()
     out = [
