@@ -5,8 +5,9 @@ For every optimizer and two parameter layouts (float32, CPU):
 time one ``step()`` of ravine's default path, ``compile=True``, ``flat=True`` (parameters,
 gradients and state in one buffer) and both together, and of every torch.optim implementation of
 the same update (for-loop, foreach, fused; the fastest is the baseline). All of them are built
-first and then stepped in turn, one step each per round, so that a slow phase of a shared machine
-hits every candidate alike; each time is the median over rounds.
+first and then stepped in turn, one step each per round (each round starting one candidate later),
+so that a slow phase of a shared machine hits every candidate alike; each time is the median over
+rounds.
 The learning rate changes before every step (linear decay), as under a schedule: ravine's
 Momentum and Nesterov must stay exact then, and must not pay for it. The memory-traffic floor is
 the bytes one step must read and write at the speed of a tensor copy stepped in the same rounds.
@@ -91,10 +92,16 @@ def set_lr(opt, step: int) -> None:
 
 
 def interleaved_medians(opts: dict[str, object], repeats: int) -> dict[str, float]:
-    """Median step time of each optimizer, stepping them in turn (warm-up rounds first)."""
-    samples: dict[str, list[float]] = {key: [] for key in opts}
+    """Median step time of each optimizer, stepping them in turn (warm-up rounds first).
+
+    Each round starts one candidate later, so that no candidate always follows the same one
+    (whose memory traffic decides what is left in the cache).
+    """
+    keys = list(opts)
+    samples: dict[str, list[float]] = {key: [] for key in keys}
     for r in range(3 + repeats):
-        for key, opt in opts.items():
+        for key in keys[r % len(keys) :] + keys[: r % len(keys)]:
+            opt = opts[key]
             set_lr(opt, r)
             t = time.perf_counter()
             opt.step()
