@@ -195,13 +195,14 @@ def test_parity_with_torch_optim_at_constant_lr(name, weight_decay):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", optim.names())
-def test_compile_path_equals_foreach_path(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_compile_path_equals_foreach_path(name, flat_storage):
     problem = Problem(seed=3)
     hp = dict(HP[name])
     lrs = lr_schedule(hp.pop("lr"), 12)
     eager, _, _, _ = run_ravine(name, problem, lrs, weight_decay=0.01, clip_norm=5.0, **hp)
     fused, _, _, _ = run_ravine(
-        name, problem, lrs, compile=True, weight_decay=0.01, clip_norm=5.0, **hp
+        name, problem, lrs, compile=True, flat=flat_storage, weight_decay=0.01, clip_norm=5.0, **hp
     )
     for got, want in zip(fused, eager, strict=True):
         assert rel_err(got, want) <= 1e-12
