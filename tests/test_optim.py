@@ -42,14 +42,7 @@ class Problem:
         return self.A @ theta - self.b + np.tanh(theta)
 
     def params(self, dtype=torch.float64) -> list[torch.Tensor]:
-        out, i = [], 0
-        for s in SHAPES:
-            n = math.prod(s)
-            out.append(
-                torch.tensor(self.theta0[i : i + n].reshape(s), dtype=dtype).requires_grad_()
-            )
-            i += n
-        return out
+        return split(self.theta0, dtype)
 
     def loss(self, params: list[torch.Tensor]) -> torch.Tensor:
         theta = torch.cat([p.reshape(-1) for p in params])
@@ -65,6 +58,16 @@ class Problem:
         return loss
 
 
+def split(vector: np.ndarray, dtype=torch.float64) -> list[torch.Tensor]:
+    """A flat vector as leaf tensors of SHAPES (requiring grad)."""
+    out, i = [], 0
+    for s in SHAPES:
+        n = math.prod(s)
+        out.append(torch.tensor(vector[i : i + n].reshape(s), dtype=dtype).requires_grad_())
+        i += n
+    return out
+
+
 def flat(params) -> np.ndarray:
     return torch.cat([p.detach().reshape(-1) for p in params]).double().numpy()
 
@@ -72,6 +75,12 @@ def flat(params) -> np.ndarray:
 def true_flat(opt, params) -> np.ndarray:
     with optim.true_params(opt):
         return flat(params)
+
+
+def book_velocity(opt) -> np.ndarray:
+    """The book's ``v`` of a one-group optimizer, as its ``state_dict()`` exposes it."""
+    state = opt.state_dict()["state"]
+    return np.concatenate([state[i]["velocity"].reshape(-1).numpy() for i in sorted(state)])
 
 
 def lr_schedule(base: float, steps: int) -> list[float]:
@@ -96,20 +105,36 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("name", optim.names())
+# Optimizers whose default path is one of torch's fused kernels; fused=False is their foreach path.
+FUSED = [name for name in optim.names() if "fused" in optim.hyperparameters(name)]
+# Every eager path as (name, options): the default, the foreach path where the default is a
+# fused kernel, and flat storage over each of them.
+PATHS = (
+    [(name, {}) for name in optim.names()]
+    + [(name, {"fused": False}) for name in FUSED]
+    + [(name, {"flat": True}) for name in optim.names()]
+    + [(name, {"flat": True, "fused": False}) for name in FUSED]
+)
+
+
+@pytest.mark.parametrize(("name", "options"), PATHS, ids=lambda x: x if isinstance(x, str) else
+                         "-".join(f"{k}={v}" for k, v in x.items()) or "default")
 @pytest.mark.parametrize("weight_decay", [0.0, 0.05])
 @pytest.mark.parametrize("clip", [False, True])
-def test_matches_algorithm_box(name, weight_decay, clip):
+def test_matches_algorithm_box(name, options, weight_decay, clip):
     problem = Problem(seed=1)
     hp = dict(HP[name])
     lrs = lr_schedule(hp.pop("lr"), 60)
     if clip:
         # Below the initial gradient norm, so clipping fires on the first steps.
         hp["clip_norm"] = 0.5 * float(np.linalg.norm(problem.grad(problem.theta0)))
-    traj, clipped, _, _ = run_ravine(name, problem, lrs, weight_decay=weight_decay, **hp)
     expected = reference.run(
         name, problem.theta0, problem.grad, lrs, weight_decay=weight_decay, **hp
     )
+    traj, clipped, opt, _ = run_ravine(
+        name, problem, lrs, weight_decay=weight_decay, **options, **hp
+    )
+    assert opt._fused is (name in FUSED and options.get("fused") is None)
     for k, (got, want) in enumerate(zip(traj, expected, strict=True)):
         assert rel_err(got, want) <= 1e-10, f"step {k}"
     if clip:
@@ -170,13 +195,14 @@ def test_parity_with_torch_optim_at_constant_lr(name, weight_decay):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", optim.names())
-def test_compile_path_equals_foreach_path(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_compile_path_equals_foreach_path(name, flat_storage):
     problem = Problem(seed=3)
     hp = dict(HP[name])
     lrs = lr_schedule(hp.pop("lr"), 12)
     eager, _, _, _ = run_ravine(name, problem, lrs, weight_decay=0.01, clip_norm=5.0, **hp)
     fused, _, _, _ = run_ravine(
-        name, problem, lrs, compile=True, weight_decay=0.01, clip_norm=5.0, **hp
+        name, problem, lrs, compile=True, flat=flat_storage, weight_decay=0.01, clip_norm=5.0, **hp
     )
     for got, want in zip(fused, eager, strict=True):
         assert rel_err(got, want) <= 1e-12
@@ -196,9 +222,10 @@ def test_float32_tracks_float64_reference(name):
 
 
 @pytest.mark.parametrize("name", optim.names())
-def test_resume_from_state_dict_is_bit_identical(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_resume_from_state_dict_is_bit_identical(name, flat_storage):
     problem = Problem(seed=5)
-    hp = dict(HP[name])
+    hp = dict(HP[name], flat=flat_storage)
     lrs = lr_schedule(hp.pop("lr"), 40)
 
     params = problem.params()
@@ -252,7 +279,7 @@ def test_true_params_context_restores_interim_point_exactly(name):
         problem.backward(params)
         opt.step()
     interim = [p.detach().clone() for p in params]
-    velocity = torch.cat([opt.state[p]["velocity"].reshape(-1) for p in params]).numpy()
+    velocity = book_velocity(opt)
     with opt.true_params():
         theta = flat(params)
     assert np.allclose(theta, flat(interim) - hp["momentum"] * velocity, rtol=0, atol=1e-14)
@@ -280,7 +307,7 @@ def test_to_true_params_then_training_continues_exactly(name):
     # The next step takes its gradient at θ; after it the interim point is θ + αv again.
     problem.backward(params)
     opt.step()
-    velocity = torch.cat([opt.state[p]["velocity"].reshape(-1) for p in params]).numpy()
+    velocity = book_velocity(opt)
     with opt.true_params():
         new_theta = flat(params)
     assert np.allclose(flat(params), new_theta + hp["momentum"] * velocity, rtol=0, atol=1e-13)
@@ -555,19 +582,21 @@ def test_compile_path_on_many_tensors_equals_foreach():
     init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
     grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(4)]
     results = []
-    for compile in (False, True):
+    # Flat storage: one compiled graph over one buffer instead of chunks of 16 tensors.
+    for compile, flat_storage in ((False, False), (True, False), (True, True)):
         params = [t.clone().requires_grad_() for t in init]
-        opt = optim.RMSPropNesterov(params, lr=0.01, compile=compile)
+        opt = optim.RMSPropNesterov(params, lr=0.01, compile=compile, flat=flat_storage)
         for k, gs in enumerate(grads):
             opt.param_groups[0]["lr"] = 0.01 / (k + 1)
             for p, g in zip(params, gs, strict=True):
                 p.grad = g.clone()
             opt.step()
         results.append(flat(params))
-    assert rel_err(results[1], results[0]) <= 1e-12
+    for result in results[1:]:
+        assert rel_err(result, results[0]) <= 1e-12
 
 
-@pytest.mark.parametrize("name", ["adagrad", "adam", "adamw"])
+@pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_fused_kernel_path_equals_foreach_path(name, dtype):
     problem = Problem(seed=11)
@@ -587,14 +616,117 @@ def test_fused_kernel_path_equals_foreach_path(name, dtype):
     assert rel_err(runs[0], runs[1]) <= (1e-12 if dtype == torch.float64 else 1e-5)
 
 
+def float32_ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """``max |a - b|`` in float32 ulps of the largest magnitude in ``b``."""
+    peak = float(b.abs().max())
+    diff = float((a.double() - b.double()).abs().max())
+    if peak == 0:
+        return 0.0 if diff == 0 else math.inf
+    return diff / 2.0 ** (math.floor(math.log2(peak)) - 23)
+
+
+# Measured on CPU (torch 2.13): at most 1 ulp per step, for parameters and state, for every fused
+# kernel, with the learning rate changing by up to ±50% between steps.
+FLOAT32_STEP_ULPS = 2.0
+
+
+@pytest.mark.parametrize("name", FUSED)
+def test_fused_float32_step_within_ulps_of_foreach_step(name):
+    # Before every step the fused path is reset to the foreach path's state, so the bound is per
+    # step and does not compound over the run.
+    problem = Problem(seed=11)
+    hp = dict(HP[name])
+    lrs = lr_schedule(hp.pop("lr"), 30)
+    fused_p, foreach_p = problem.params(torch.float32), problem.params(torch.float32)
+    kw = dict(weight_decay=0.02, clip_norm=4.0, **hp)
+    fused = optim.create(name, fused_p, fused=True, **kw)
+    foreach = optim.create(name, foreach_p, fused=False, **kw)
+    worst = 0.0
+    for lr in lrs:
+        for opt in (fused, foreach):
+            opt.param_groups[0]["lr"] = lr
+        problem.backward(foreach_p)
+        for a, b in zip(fused_p, foreach_p, strict=True):
+            a.grad = b.grad.clone()
+        fused.step()
+        foreach.step()
+        for a, b in zip(fused_p, foreach_p, strict=True):
+            worst = max(worst, float32_ulps(a.detach(), b.detach()))
+            with torch.no_grad():
+                a.copy_(b)
+            for key, value in foreach.state[b].items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0:
+                    worst = max(worst, float32_ulps(fused.state[a][key], value))
+                    fused.state[a][key].copy_(value)
+    assert worst <= FLOAT32_STEP_ULPS, worst
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "rmsprop-nesterov"])
+def test_state_dict_holds_the_books_velocity(name):
+    problem = Problem(seed=14)
+    hp = dict(HP[name])
+    lrs = lr_schedule(hp.pop("lr"), 20)
+    expected = reference.run(name, problem.theta0, problem.grad, lrs, weight_decay=0.01, **hp)
+    _, _, opt, _ = run_ravine(name, problem, lrs, weight_decay=0.01, **hp)
+    # θ ← θ + v: the last velocity is the last move of the true parameters.
+    assert rel_err(book_velocity(opt), expected[-1] - expected[-2]) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov"])
+@pytest.mark.parametrize("fused", [None, False])
+def test_loads_checkpoint_holding_only_the_books_velocity(name, fused):
+    # Earlier ravine versions saved v (and Nesterov's shift) alone. Build such a checkpoint from
+    # the algorithm box at step k and continue: the run must keep following the box.
+    problem = Problem(seed=13)
+    hp = dict(HP[name])
+    lrs = lr_schedule(hp.pop("lr"), 30)
+    expected = reference.run(name, problem.theta0, problem.grad, lrs, weight_decay=0.01, **hp)
+    k = 15
+    theta, velocity = expected[k - 1], expected[k - 1] - expected[k - 2]
+    alpha = hp["momentum"]
+    params = split(theta + alpha * velocity if name == "nesterov" else theta)
+    opt = optim.create(name, params, fused=fused, weight_decay=0.01, **hp)
+    checkpoint = opt.state_dict()
+    extra = {"shift": alpha} if name == "nesterov" else {}
+    checkpoint["state"] = {
+        i: {"velocity": v.detach(), **extra} for i, v in enumerate(split(velocity))
+    }
+    opt.load_state_dict(checkpoint)
+    assert "velocity" not in opt.state[params[0]]
+    for lr, want in zip(lrs[k:], expected[k:], strict=True):
+        opt.param_groups[0]["lr"] = lr
+        problem.backward(params)
+        opt.step()
+        assert rel_err(true_flat(opt, params), want) <= 1e-10
+
+
+def test_nesterov_fused_equals_foreach_when_momentum_changes_and_after_true_params():
+    # A shift other than α (α changed, or to_true_params) takes the foreach rule for one step.
+    problem = Problem(seed=15)
+    lrs = lr_schedule(0.01, 24)
+    runs = []
+    for fused in (True, False):
+        params = problem.params()
+        opt = optim.Nesterov(params, lr=0.01, momentum=0.9, weight_decay=0.01, fused=fused)
+        for k, lr in enumerate(lrs):
+            opt.param_groups[0].update(lr=lr, momentum=0.9 if k < 8 else 0.6)
+            if k == 16:
+                opt.to_true_params()
+            problem.backward(params)
+            opt.step()
+        runs.append(true_flat(opt, params))
+    assert rel_err(runs[0], runs[1]) <= 1e-12
+
+
 def test_fused_option_validation():
     p = [torch.zeros(2, requires_grad=True)]
     assert optim.Adam(p)._fused is True
     assert optim.Adam(p, compile=True)._fused is False
     with pytest.raises(ValueError, match="alternatives"):
         optim.Adam(p, fused=True, compile=True)
+    assert optim.Nesterov(p)._fused is True
     with pytest.raises(ValueError, match="no hyperparameter 'fused'"):
-        optim.create("nesterov", p, fused=True)
+        optim.create("rmsprop-nesterov", p, fused=True)
 
 
 @pytest.mark.parametrize("name", ["adam", "nesterov", "adagrad"])
@@ -622,14 +754,17 @@ def test_parameters_with_intermittent_gradients_keep_their_own_state(name):
 
 
 @pytest.mark.parametrize("name", optim.names())
-def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
+@pytest.mark.parametrize("flat_storage", [False, True])
+def test_deepcopy_and_pickle_keep_options_and_continue_identically(name, flat_storage):
     import copy
     import pickle
 
     problem = Problem(seed=12)
     hp = dict(HP[name])
     params = problem.params()
-    opt = optim.create(name, params, clip_norm=2.0, track_grad_norm=True, **hp)
+    opt = optim.create(
+        name, params, clip_norm=2.0, track_grad_norm=True, flat=flat_storage, **hp
+    )
     for _ in range(3):
         problem.backward(params)
         opt.step()
@@ -637,6 +772,7 @@ def test_deepcopy_and_pickle_keep_options_and_continue_identically(name):
     restored = pickle.loads(pickle.dumps(opt))
     assert restored.clip_norm == 2.0 and restored.track_grad_norm
     assert clone.clip_norm == 2.0 and clone._fused == opt._fused
+    assert restored.flat is clone.flat is flat_storage
     for _ in range(3):
         problem.backward(params)
         opt.step()
@@ -678,3 +814,81 @@ def test_cache_chunked_eager_path_equals_one_pass(name, monkeypatch):
         results.append(torch.cat([p.detach() for p in params]))
     assert len(base._cache_chunks(params)) > 1
     assert torch.equal(results[0], results[1])
+
+
+def _many_tensors(count: int = 40, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(int(torch.randint(1, 3000, (1,), generator=gen)),) for _ in range(count)]
+    init = [torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=gen, dtype=torch.float64) for s in shapes] for _ in range(5)]
+    return init, grads
+
+
+@pytest.mark.parametrize(("name", "options"), [p for p in PATHS if "flat" not in p[1]])
+def test_flat_storage_equals_separate_tensors(name, options, monkeypatch):
+    # Many tensors, several cache-sized pieces; gradients arrive both ways: accumulated into the
+    # flat buffer after opt.zero_grad(), and as fresh tensors (gathered into it).
+    import ravine.optim.base as base
+
+    monkeypatch.setattr(base, "CPU_CHUNK_BYTES", 64 << 10)
+    init, grads = _many_tensors()
+    hp = dict(HP[name], **options)
+    results = []
+    for flat_storage in (False, True):
+        params = [t.clone().requires_grad_() for t in init]
+        opt = optim.create(name, params, flat=flat_storage, weight_decay=0.01, **hp)
+        for k, gs in enumerate(grads):
+            opt.param_groups[0]["lr"] = hp["lr"] / (k + 1)
+            opt.zero_grad()
+            for p, g in zip(params, gs, strict=True):
+                if k % 2:
+                    p.grad = g.clone()
+                else:
+                    (p * g).sum().backward()
+            opt.step()
+        with optim.true_params(opt):
+            results.append(flat(params))
+    assert rel_err(results[1], results[0]) <= 1e-12
+
+
+def test_flat_storage_layout_and_zero_grad():
+    net = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.Tanh(), torch.nn.Linear(7, 2))
+    net.double()
+    net[0].bias.data = net[0].bias.data.float()  # a second dtype: a second buffer
+    params = list(net.parameters())
+    opt = optim.Adam(params, lr=0.01, flat=True)
+
+    def backward():
+        x = torch.randn(4, 5, dtype=torch.float64)
+        hidden = torch.tanh(x @ net[0].weight.T + net[0].bias.double())
+        torch.nn.functional.mse_loss(net[2](hidden), x[:, :2]).backward()
+
+    backward()
+    opt.step()
+    doubles = [p for p in params if p.dtype == torch.float64]
+    storage = doubles[0].untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in doubles)
+    grads = [p.grad for p in params]
+    state = [opt.state[p]["exp_avg"] for p in doubles]
+    assert all(t.untyped_storage().data_ptr() == state[0].untyped_storage().data_ptr()
+               for t in state)
+    opt.zero_grad()
+    assert all(p.grad is g and not g.any() for p, g in zip(params, grads, strict=True))
+    backward()
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    net.zero_grad()  # set_to_none on the model: the next step gathers the new gradients
+    backward()
+    before = [p.detach().clone() for p in params]
+    opt.step()
+    assert all(p.grad is g for p, g in zip(params, grads, strict=True))
+    assert all(not torch.equal(p, b) for p, b in zip(params, before, strict=True))
+
+
+def test_flat_option_validation():
+    p = [torch.zeros(2, requires_grad=True)]
+    with pytest.raises(ValueError, match="flat must be True or False, got 1"):
+        optim.SGD(p, flat=1)
+    q = torch.zeros(3, 2).t().requires_grad_()
+    q.grad = torch.ones(2, 3)
+    with pytest.raises(ValueError, match="contiguous"):
+        optim.SGD([q], flat=True).step()

@@ -186,7 +186,7 @@ class AdaGrad(RavineOptimizer):
         params: parameters or parameter groups.
         lr: global learning rate ``ε > 0``.
         eps: ``δ > 0`` (the book suggests ``1e-7``), added outside the root as in the box.
-        weight_decay, clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        weight_decay, clip_norm, track_grad_norm, compile, flat: as in :class:`ravine.optim.SGD`.
         fused: ``None`` (default) runs torch's fused AdaGrad kernel on CPU/CUDA unless
             ``compile`` is set; ``False`` uses the multi-tensor path.
 
@@ -211,6 +211,7 @@ class AdaGrad(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -218,6 +219,7 @@ class AdaGrad(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
             fused=fused,
         )
 
@@ -247,7 +249,7 @@ class RMSProp(RavineOptimizer):
         lr: global learning rate ``ε > 0``.
         rho: decay rate ``ρ`` in ``[0, 1)``.
         eps: ``δ > 0``.
-        weight_decay, clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        weight_decay, clip_norm, track_grad_norm, compile, flat: as in :class:`ravine.optim.SGD`.
     """
 
     _rule = staticmethod(rmsprop_update)
@@ -265,6 +267,7 @@ class RMSProp(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -272,6 +275,7 @@ class RMSProp(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
         )
 
     def _hyper(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -301,7 +305,7 @@ class RMSPropNesterov(RavineOptimizer):
         rho: decay rate ``ρ`` in ``[0, 1)``.
         momentum: ``α`` in ``[0, 1)``.
         eps: ``δ > 0``.
-        weight_decay, clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        weight_decay, clip_norm, track_grad_norm, compile, flat: as in :class:`ravine.optim.SGD`.
     """
 
     _rule = staticmethod(rmsprop_nesterov_update)
@@ -328,6 +332,7 @@ class RMSPropNesterov(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -335,6 +340,7 @@ class RMSPropNesterov(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
         )
 
     def _hyper(self, group: dict[str, Any], shift: float) -> dict[str, Any]:
@@ -367,7 +373,7 @@ class Adam(RavineOptimizer):
         betas: ``(ρ₁, ρ₂)``, each in ``[0, 1)``.
         eps: ``δ > 0``.
         weight_decay: ``λ >= 0``, L2 regularization (``λθ`` added to the gradient).
-        clip_norm, track_grad_norm, compile: as in :class:`ravine.optim.SGD`.
+        clip_norm, track_grad_norm, compile, flat: as in :class:`ravine.optim.SGD`.
         fused: ``None`` (default) runs torch's fused Adam kernel (the same update in one pass)
             on CPU/CUDA unless ``compile`` is set; ``False`` uses the multi-tensor path.
 
@@ -393,6 +399,7 @@ class Adam(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -400,6 +407,7 @@ class Adam(RavineOptimizer):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
             fused=fused,
         )
 
@@ -458,6 +466,7 @@ class AdamW(Adam):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
         super().__init__(
             params,
@@ -468,5 +477,6 @@ class AdamW(Adam):
             clip_norm=clip_norm,
             track_grad_norm=track_grad_norm,
             compile=compile,
+            flat=flat,
             fused=fused,
         )

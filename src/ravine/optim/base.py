@@ -8,10 +8,26 @@ the same function is
 * fused by ``torch.compile`` (``compile=True``): Inductor turns the list of operations into a few
   fused loops that read and write each tensor once.
 
-Where torch ships a fused kernel computing exactly the same update (AdaGrad, Adam and AdamW:
-``torch._fused_adagrad_``, ``_fused_adam_``, ``_fused_adamw_``) the default path calls it instead
-(``fused=None`` picks it on CPU and CUDA; ``fused=False`` forces the multi-tensor path). Tests
-prove every path computes the same iterates as the algorithm box.
+Where torch ships a fused kernel computing exactly the same update (SGD, AdaGrad, Adam and AdamW:
+``torch._fused_sgd_``, ``_fused_adagrad_``, ``_fused_adam_``, ``_fused_adamw_``; Momentum and
+Nesterov through ``_fused_sgd_`` on a rescaled velocity, see :mod:`ravine.optim.sgd`) the default
+path calls it instead (``fused=None`` picks it on CPU and CUDA; ``fused=False`` forces the
+multi-tensor path). Tests prove every path computes the same iterates as the algorithm box.
+
+Flat storage (``flat=True``, opt-in)
+------------------------------------
+At the first step the parameters, their gradients and each state tensor of a batch (parameters
+sharing device, dtype and scalar state) are copied into one contiguous buffer each, and the
+parameters' ``.data``, ``.grad`` and state become views into them. Every operation of the rule
+is then one kernel over one tensor whatever the number of parameters (the approach of apex's
+multi-tensor kernels and DeepSpeed's flat buffers), and ``compile=True`` compiles one graph over
+the buffers instead of chunks of 16 tensors. Backward accumulates into the flat gradient buffer
+as long as the gradients are not replaced: with ``flat=True``, :meth:`RavineOptimizer.zero_grad`
+zeroes the buffer in place. Gradients that arrive as new tensors (``model.zero_grad()`` sets them
+to ``None``) are copied in before the update, which costs a pass over them. It is opt-in because
+it changes what the caller's tensors are: parameters become views (moving the model to another
+device afterwards breaks the sharing), and a parameter whose gradient stays zero is still
+updated, as in torch with ``zero_grad(set_to_none=False)``.
 
 The base class adds what every algorithm box of the book leaves to the caller: hyperparameter
 validation, L2 weight decay, global gradient-norm clipping, lazy per-parameter state, and the
@@ -51,7 +67,9 @@ __all__ = ["RavineOptimizer", "clip_grad_norm_", "true_params", "add_scaled_", "
 
 # Hyperparameters that may change from step to step. On the compile path they are passed as
 # 0-d tensors so that a new learning rate does not trigger a recompilation.
-STEP_VARYING = frozenset({"lr", "shift", "bias_correction1", "bias_correction2_sqrt"})
+STEP_VARYING = frozenset(
+    {"lr", "shift", "scale", "new_scale", "bias_correction1", "bias_correction2_sqrt"}
+)
 
 # A check is (predicate, text of the allowed range) for one hyperparameter.
 Check = tuple[Callable[[Any], bool], str]
@@ -212,6 +230,21 @@ def true_params(opt: Optimizer) -> contextlib.AbstractContextManager:
 
 
 @dataclasses.dataclass
+class _Flat:
+    """A batch stored contiguously: one buffer each for its parameters, gradients and each state.
+
+    The parameters' ``.data``, their ``.grad`` and their state tensors are views into these.
+    ``pieces`` holds the same buffers cut into cache-sized runs for the CPU multi-tensor path.
+    """
+
+    params: Tensor
+    grads: Tensor
+    buffers: list[Tensor]
+    grad_views: list[Tensor]
+    pieces: tuple[list[Tensor], list[Tensor], list[list[Tensor]]]
+
+
+@dataclasses.dataclass
 class _Batch:
     """Parameters updated by one call of the rule, with their state."""
 
@@ -220,6 +253,21 @@ class _Batch:
     buffers: list[list[Tensor]]
     states: list[dict[str, Any]]
     chunks: list[tuple[int, int]]
+    flat: _Flat | None = None
+
+
+def _flatten(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """A contiguous copy of ``tensors`` end to end, and a view of it shaped like each tensor."""
+    buffer = torch.cat([t.detach().reshape(-1) for t in tensors])
+    pieces = buffer.split([t.numel() for t in tensors])
+    return buffer, [piece.view_as(t) for piece, t in zip(pieces, tensors, strict=True)]
+
+
+def _cache_pieces(buffer: Tensor) -> list[Tensor]:
+    """``buffer`` cut into runs of ``CPU_CHUNK_BYTES`` (whole off the CPU)."""
+    if buffer.device.type != "cpu":
+        return [buffer]
+    return list(buffer.split(max(1, CPU_CHUNK_BYTES // buffer.element_size())))
 
 
 class RavineOptimizer(Optimizer):
@@ -254,7 +302,10 @@ class RavineOptimizer(Optimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
+        flat: bool = False,
     ) -> None:
+        if not isinstance(flat, bool):
+            raise ValueError(f"flat must be True or False, got {flat!r}")
         if fused is not None and not isinstance(fused, bool):
             raise ValueError(f"fused must be True, False or None, got {fused!r}")
         if fused and compile:
@@ -271,12 +322,13 @@ class RavineOptimizer(Optimizer):
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.track_grad_norm = bool(track_grad_norm)
         self.compile = compile
+        self.flat = flat
         self._last_norm: Tensor | None = None
         self._last_clipped: Tensor | None = None
         super().__init__(params, defaults)
         self._setup()
 
-    _OPTIONS = ("clip_norm", "track_grad_norm", "compile", "_fused")
+    _OPTIONS = ("clip_norm", "track_grad_norm", "compile", "_fused", "flat")
 
     def _setup(self) -> None:
         """Derived, unpicklable attributes: the rule to call and the cached step plans."""
@@ -377,10 +429,67 @@ class RavineOptimizer(Optimizer):
         for idx in batches.values():
             ps = [params[i] for i in idx]
             states = [self.state[p] for p in ps]
+            flat = self._flat_storage(ps, states) if self.flat else None
             buffers = [[st[name] for st in states] for name in self._buffers]
             chunks = _cache_chunks(ps) if ps[0].device.type == "cpu" else [(0, len(ps))]
-            plan.append(_Batch(idx, ps, buffers, states, chunks))
+            plan.append(_Batch(idx, ps, buffers, states, chunks, flat))
         return plan
+
+    def _flat_storage(self, params: list[Tensor], states: list[dict[str, Any]]) -> _Flat:
+        """Move parameters, gradients and state of one batch into contiguous buffers (views)."""
+        for p in params:
+            if not p.is_contiguous():
+                raise ValueError("flat=True needs contiguous parameters")
+        flat_params, views = _flatten(params)
+        for p, view in zip(params, views, strict=True):
+            p.data = view
+        flat_grads, grad_views = _flatten([p.grad for p in params])
+        for p, view in zip(params, grad_views, strict=True):
+            p.grad = view
+        flat_buffers = []
+        for name in self._buffers:
+            buffer, views = _flatten([st[name] for st in states])
+            for st, view in zip(states, views, strict=True):
+                st[name] = view
+            flat_buffers.append(buffer)
+        pieces = (
+            _cache_pieces(flat_params),
+            _cache_pieces(flat_grads),
+            [_cache_pieces(b) for b in flat_buffers],
+        )
+        return _Flat(flat_params, flat_grads, flat_buffers, grad_views, pieces)
+
+    @staticmethod
+    def _gather_grads(params: list[Tensor], flat: _Flat) -> None:
+        """Copy gradients that autograd did not accumulate into the flat buffer (e.g. after
+        ``zero_grad(set_to_none=True)`` on the model) into it, and point ``.grad`` at it again."""
+        stray = [(p, view) for p, view in zip(params, flat.grad_views, strict=True)
+                 if p.grad is not view]
+        if stray:
+            torch._foreach_copy_([view for _, view in stray], [p.grad for p, _ in stray])
+            for p, view in stray:
+                p.grad = view
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As :meth:`torch.optim.Optimizer.zero_grad`; with ``flat=True`` the flat gradient
+        buffers are zeroed in place instead (whatever ``set_to_none``), so that the next
+        backward accumulates into them."""
+        if not self.flat:
+            super().zero_grad(set_to_none)
+            return
+        kept = set()
+        for _, batches in self._plans.values():
+            for batch in batches:
+                if batch.flat is not None:
+                    batch.flat.grads.zero_()
+                    kept.update(id(view) for view in batch.flat.grad_views)
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None and id(p.grad) not in kept:
+                    if set_to_none:
+                        p.grad = None
+                    else:
+                        p.grad.detach_().requires_grad_(False).zero_()
 
     def _step_group(self, group: dict[str, Any], params: list[Tensor], grads: list[Tensor]) -> None:
         # Lists handed to the rule share device, dtype and scalar state (e.g. the step count).
@@ -392,36 +501,46 @@ class RavineOptimizer(Optimizer):
             cached = (ids, self._plan(params))
             self._plans[id(group)] = cached
         for batch in cached[1]:
-            ps = batch.params
+            ps, buffers, chunks = batch.params, batch.buffers, batch.chunks
             gs = [grads[i] for i in batch.index]
+            if batch.flat is not None:
+                self._gather_grads(ps, batch.flat)
+                flat = batch.flat
+                ps, gs, buffers = [flat.params], [flat.grads], [[b] for b in flat.buffers]
             scalars = {k: batch.states[0][k] for k in self._scalars}
             if self._fused and ps[0].device.type in FUSED_DEVICES:
-                self._fused_rule(ps, gs, *batch.buffers, **self._fused_hyper(group, **scalars))
+                self._fused_rule(ps, gs, *buffers, **self._fused_hyper(group, **scalars))
             elif self.compile:
                 hyper = self._hyper(group, **scalars)
                 for k in STEP_VARYING.intersection(hyper):
                     hyper[k] = torch.tensor(hyper[k], dtype=torch.float64, device=ps[0].device)
-                self._rule_fn(ps, gs, *batch.buffers, **hyper)
+                self._rule_fn(ps, gs, *buffers, **hyper)
             else:
                 hyper = self._hyper(group, **scalars)
-                for lo, hi in batch.chunks:
-                    self._rule_fn(
-                        ps[lo:hi], gs[lo:hi], *(b[lo:hi] for b in batch.buffers), **hyper
-                    )
+                if batch.flat is not None:
+                    ps, gs, buffers = batch.flat.pieces
+                    chunks = [(i, i + 1) for i in range(len(ps))]
+                for lo, hi in chunks:
+                    self._rule_fn(ps[lo:hi], gs[lo:hi], *(b[lo:hi] for b in buffers), **hyper)
             if scalars:
                 after = self._advance(group, **scalars)
                 for state in batch.states:
                     state.update(after)
 
     def _fused_hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
-        raise NotImplementedError
+        return self._hyper(group, **scalars)
+
+    def _interim_offset(self, state: dict[str, Any]) -> tuple[Tensor, float]:
+        """``(t, c)`` with ``θ = θ̃ + c·t``: here ``θ̃ = θ + s·v``, so ``(v, -s)``."""
+        return state["velocity"], -state["shift"]
 
     def _shifted(self) -> Iterator[tuple[Tensor, Tensor, float]]:
+        """``(parameter, t, c)`` for every parameter held at an interim point ``θ + c·t``."""
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state.get(p)
                 if state and state.get("shift", 0.0) != 0.0:
-                    yield p, state["velocity"], state["shift"]
+                    yield (p, *self._interim_offset(state))
 
     @contextlib.contextmanager
     def true_params(self) -> Iterator[None]:
@@ -433,9 +552,9 @@ class RavineOptimizer(Optimizer):
         """
         saved = []
         with torch.no_grad():
-            for p, v, s in self._shifted():
+            for p, t, c in self._shifted():
                 saved.append((p, p.detach().clone()))
-                p.add_(v, alpha=-s)
+                p.add_(t, alpha=c)
         try:
             yield
         finally:
@@ -450,8 +569,8 @@ class RavineOptimizer(Optimizer):
         Training may continue afterwards: the next step starts from ``θ`` (its gradient is then
         taken at ``θ`` rather than at ``θ + αv``) and every later step is exact again.
         """
-        for p, v, s in list(self._shifted()):
-            p.add_(v, alpha=-s)
+        for p, t, c in list(self._shifted()):
+            p.add_(t, alpha=c)
             self.state[p]["shift"] = 0.0
 
     def __repr__(self) -> str:
