@@ -27,7 +27,7 @@ shown are the defaults (``null``: the library's own default applies).
       name: adam               # sgd | momentum | nesterov | adagrad | rmsprop | rmsprop-nesterov |
                                # adam | adamw
       lr: null                 # also, where the optimizer has them: momentum, rho, eps, betas,
-                               # compile, fused
+                               # compile, fused, flat
     schedule:                  # or just `schedule: constant`
       name: constant           # constant | linear-decay | inverse-time | step | cosine |
                                # reduce-on-plateau

@@ -77,6 +77,7 @@ class OptimizerConfig(Section):
     betas: tuple[float, float] | None = None
     compile: bool | str | None = None
     fused: bool | None = None
+    flat: bool | None = None
 
     @field_validator("name")
     @classmethod
