@@ -77,7 +77,7 @@ class JsonlLogger:
     :meth:`offset` flushes and returns the byte length written so far; a checkpoint stores it
     and a resumed run re-opens the log truncated to it, so records written after the checkpoint
     (and replayed by the resumed run) appear exactly once. Non-finite floats are written as
-    ``null``. A drop-in for :class:`ravine.train.metrics.MetricsLog` (``write`` is ``log``).
+    ``null``. ``write`` is ``log``.
 
     Args:
         path: the file, or ``None`` for a log that writes nothing.
