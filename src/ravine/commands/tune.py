@@ -34,6 +34,7 @@ from ravine.bench.problems import build
 from ravine.commands._common import UsageParser, guarded, positive_int
 from ravine.config import validate_config
 from ravine.train import NonFiniteLossError, fit
+from ravine.train.metrics import loss_for
 
 __all__ = ["tune_main", "tune_parser"]
 
@@ -175,7 +176,8 @@ class TrainStudy:
         if monitor is None and config.early_stopping is not None:
             monitor = config.early_stopping.monitor
         if monitor is None:
-            monitor = "val_acc" if config.loss == "cross_entropy" else "val_loss"
+            loss = loss_for(config.loss, config.build().splits.train)
+            monitor = "val_acc" if loss == "cross_entropy" else "val_loss"
         if monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}"
                               f"{suggest(monitor, MONITORS)}")

@@ -86,7 +86,7 @@ def fit(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch: int | None = None,
-    loss: str | Callable[..., Any] = "cross_entropy",
+    loss: str | Callable[..., Any] | None = None,
     compute_loss: Callable[..., Any] | str | None = None,
     metrics: dict[str, Callable[..., Any]] | Sequence[Callable[..., Any]] | None = None,
     clip_norm: float | None = None,

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from ravine import models, optim, schedules
@@ -30,7 +30,6 @@ from ravine.data.sources import (
     TensorSource,
     as_tensors,
     eval_batches,
-    first_item,
     to_device,
     training_source,
 )
@@ -44,7 +43,7 @@ from ravine.train.checkpoint import (
 from ravine.train.distributed import Communicator
 from ravine.train.early_stopping import EarlyStopping
 from ravine.train.loggers import CsvLogger, JsonlLogger, Logger, ResumePoint, make_loggers
-from ravine.train.metrics import Objective
+from ravine.train.metrics import Objective, loss_for, task_of
 from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.options import FitOptions
 from ravine.train.progress import TrainingProgress
@@ -210,32 +209,6 @@ def _check_covers(optimizer: Optimizer, model: nn.Module) -> None:
         )
 
 
-def _classification(train: Any, options: FitOptions) -> str | None:
-    """``"multiclass"``, ``"binary"`` or ``None``, from the loss and the training targets."""
-    if options.compute_loss is not None:
-        return None
-    if options.loss == "bce":
-        return "binary"
-    tensors = as_tensors(train)
-    if tensors is not None:
-        target = tensors[1]
-    else:
-        item = first_item(train)
-        if item is None:
-            return None
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            kind = type(item).__name__
-            raise ValueError(
-                f"train's items are {kind}s, not (x, y) pairs; pass compute_loss=fn(model, "
-                "batch) returning the batch's mean loss"
-            )
-        target = item[1]
-    if isinstance(target, Tensor):
-        return None if torch.is_floating_point(target) or target.is_complex() else "multiclass"
-    return "multiclass" if isinstance(target, (int, np.integer)) and not isinstance(
-        target, bool) else None
-
-
 def _check_eval_data(data: Any, name: str) -> None:
     tensors = as_tensors(data)
     if tensors is not None:
@@ -343,8 +316,10 @@ def start_run(
     for data, name in ((val, "val"), (test, "test")):
         if data is not None:
             _check_eval_data(data, name)
-    classification = _classification(train, options)
-    objective = Objective(options.loss, classification=classification,
+    classification = task_of(train, options.loss, options.compute_loss)
+    # With compute_loss the batches need not be (x, y) pairs and no loss(output, target) runs.
+    loss = "cross_entropy" if options.compute_loss is not None else loss_for(options.loss, train)
+    objective = Objective(loss, classification=classification,
                           compute_loss=options.compute_loss, metrics=options.metrics)
     diag = DiagnosticsSchedule.from_option(options.diagnostics)
     diag_batch = None
