@@ -128,7 +128,8 @@ def fit(
             ``best.pt``, ``plots/*.png`` and ``report.md``; ``None`` writes nothing.
         resume: continue the run saved in ``run_dir`` from ``checkpoints/last.pt``; the options
             must equal the original run's (except those that do not change the numbers:
-            checkpointing, logging, device, workers).
+            checkpointing, logging, device, workers), and so must ``config``'s other keys
+            (the ``data`` and ``model`` of ``ravine train``; not ``run_dir``, ``code_dir``).
         overwrite: replace a previous run's files in ``run_dir`` (otherwise that is an error).
         quiet: ``True`` hides the progress bar; ``None`` shows it only on a terminal.
         callbacks: ``cb(epoch, record)`` called after each epoch's evaluation; exceptions

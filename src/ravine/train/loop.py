@@ -265,6 +265,19 @@ def _check_same_options(ckpt: dict[str, Any], options: dict[str, Any], path: Pat
         )
 
 
+# Keys of a run's config that name places, not what is computed: a moved run still resumes.
+_PLACES = ("run_dir", "code_dir")
+
+
+def _run_description(config: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``config`` (the resolved run config the CLI writes as ``config.yaml``) adds to the
+    training options: the data and the model, which a resumed run must share too."""
+    if config is None:
+        return {}
+    return {k: v for k, v in config.items()
+            if k not in FitOptions.model_fields and k not in _PLACES}
+
+
 def _flat(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (values made YAML-plain)."""
     flat: dict[str, Any] = {}
@@ -346,7 +359,8 @@ def start_run(
     state = RunState(model, opt, sched, source, tracker, scaler)
 
     examples = getattr(getattr(source, "sampler", None), "n", None)
-    resume_key = {**options.resume_key(), "train_examples": examples,
+    resume_key = {**options.resume_key(), **_run_description(config),
+                  "train_examples": examples,
                   # Every rank's random streams are saved, so a resume needs as many processes.
                   "world_size": comm.world_size}
     files = RunFiles(Path(run_dir)) if run_dir is not None and comm.is_main else None

@@ -3,7 +3,8 @@
 :func:`ravine.fit` validates its keyword arguments through :class:`FitOptions`;
 :class:`ravine.config.RunConfig` (the YAML file of ``ravine train``) *is* a FitOptions plus the
 ``data``, ``model`` and ``run_dir`` keys; ``ravine compare`` and ``ravine tune`` build their runs
-from it; and ``--resume`` compares two FitOptions dumps (:meth:`FitOptions.resume_key`). Every
+from it; and ``--resume`` compares two FitOptions dumps (:meth:`FitOptions.resume_key`, plus
+the run config's ``data`` and ``model`` sections when ``ravine train`` gives them). Every
 option is therefore declared, documented and validated here and nowhere else.
 
 A bad value raises :class:`ravine.ConfigError` (a ``ValueError``) with one line naming the key
