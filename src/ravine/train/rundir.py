@@ -1,11 +1,13 @@
 """A run directory: config.yaml, metrics.jsonl, checkpoints/{last,best}.pt, plots, report.
 
-Replacing a run (``overwrite``) deletes the files listed in :class:`RunFiles`, the report and the
-``plots/`` folder.
+Replacing a run (``overwrite``) deletes the files a run and ``ravine diagnose`` write
+(:data:`WRITTEN`, :data:`PLOTS`) and the ``tensorboard/`` folder; a user's own files, in the
+folder or in ``plots/``, stay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +15,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunFiles", "plain"]
+__all__ = ["RunFiles", "plain", "WRITTEN", "PLOTS"]
+
+#: Files of a run directory that training and ``ravine diagnose`` write (besides checkpoints).
+WRITTEN = ("config.yaml", "metrics.jsonl", "metrics.csv", "report.md", "diagnostics.json",
+           "diagnostics.md")
+#: The plots they draw in ``plots/`` (train/report.py and diagnostics/monitor.py).
+PLOTS = ("loss.png", "accuracy.png", "lr.png", "grad_norm.png", "diagnostics.png",
+         "hessian_spectrum.png", "gradient_noise.png")
 
 
 @dataclass
@@ -38,11 +47,13 @@ class RunFiles:
 
     def clear(self) -> None:
         """Remove the files a previous run wrote here (only those; nothing else in the folder)."""
-        for path in (self.config, self.metrics, self.last, self.best, self.root / "report.md",
-                     self.root / "metrics.csv"):
+        plots = self.root / "plots"
+        for path in (self.last, self.best, *(self.root / name for name in WRITTEN),
+                     *(plots / name for name in PLOTS)):
             path.unlink(missing_ok=True)
-        for folder in ("plots", "tensorboard"):
-            shutil.rmtree(self.root / folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # kept when it holds the user's own files
+            plots.rmdir()
+        shutil.rmtree(self.root / "tensorboard", ignore_errors=True)
 
     def prepare(self, overwrite: bool, config: dict[str, Any]) -> None:
         """Start a new run here: refuse to replace a run unless ``overwrite``; write config."""
