@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
+from reliability_helpers import write_run_config
 from torch import nn
 
 from ravine import diagnostics
@@ -38,11 +38,7 @@ def test_hessian_extremes_on_nan_weights_names_the_parameter():
 
 
 def test_diagnose_a_checkpoint_with_nan_weights_exits_2_in_one_line(tmp_path, capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"name": "quadratic", "n": 120, "dim": 4},
-        "model": {"kind": "mlp", "hidden": [8]}, "optimizer": {"name": "sgd", "lr": 0.05},
-        "epochs": 1, "batch_size": 40, "run_dir": str(tmp_path / "run")}))
+    config = write_run_config(tmp_path, epochs=1)
     assert main(["train", str(config), "--quiet"]) == 0
     last = tmp_path / "run" / "checkpoints" / "last.pt"
     ckpt = load_checkpoint(last)

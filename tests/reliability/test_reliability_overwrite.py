@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import yaml
+from reliability_helpers import write_run_config
 
 from ravine.commands import main
 from ravine.train.rundir import PLOTS
 
 
 def test_overwrite_removes_the_previous_diagnosis_and_keeps_the_users_files(tmp_path, capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"name": "quadratic", "n": 120, "dim": 4},
-        "model": {"kind": "mlp", "hidden": [8]}, "optimizer": {"name": "sgd", "lr": 0.05},
-        "epochs": 2, "batch_size": 40, "run_dir": str(tmp_path / "run")}))
+    config = write_run_config(tmp_path)
     run = tmp_path / "run"
     assert main(["train", str(config), "--quiet"]) == 0
     assert main(["diagnose", str(run), "--examples", "64"]) == 0

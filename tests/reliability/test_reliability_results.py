@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-import yaml
+from reliability_helpers import write_run_config
 from torch import nn
 
 from ravine import fit
@@ -54,11 +54,7 @@ def test_a_loss_that_cannot_move_the_weights_is_reported(tmp_path, capsys):
 
 
 def test_ravine_train_on_regression_data_without_a_loss_learns(tmp_path, capsys):
-    config = tmp_path / "quad.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"name": "quadratic", "n": 200, "dim": 4}, "model": {"kind": "mlp", "hidden": [8]},
-        "optimizer": {"name": "sgd", "lr": 0.05}, "epochs": 2, "batch_size": 50,
-        "run_dir": str(tmp_path / "run")}))
+    config = write_run_config(tmp_path)
     assert main(["train", str(config), "--quiet"]) == 0
     epochs, _, _ = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert epochs[0]["train_loss"] > 0 and epochs[0]["grad_norm"] > 0

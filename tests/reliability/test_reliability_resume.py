@@ -3,19 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import yaml
+from reliability_helpers import write_run_config
 
 from ravine.commands import EXIT_USAGE, main
-
-
-def write_config(tmp_path):
-    config = tmp_path / "run.yaml"
-    config.write_text(yaml.safe_dump({
-        "data": {"name": "quadratic", "n": 120, "dim": 4},
-        "model": {"kind": "mlp", "hidden": [8], "dropout": 0.1},
-        "optimizer": {"name": "sgd", "lr": 0.05}, "epochs": 2, "batch_size": 40,
-        "max_steps": 3, "run_dir": str(tmp_path / "run")}))
-    return config
 
 
 @pytest.mark.parametrize("change, key", [
@@ -25,7 +15,8 @@ def write_config(tmp_path):
     ("data.val_fraction=0.2", "data.val_fraction"),
 ])
 def test_resume_with_changed_data_or_model_exits_2_naming_the_key(tmp_path, capsys, change, key):
-    config = write_config(tmp_path)
+    config = write_run_config(tmp_path, model={"kind": "mlp", "hidden": [8], "dropout": 0.1},
+                              max_steps=3)
     assert main(["train", str(config), "--quiet"]) == 0
     capsys.readouterr()
     before = (tmp_path / "run" / "config.yaml").read_text()
@@ -37,7 +28,8 @@ def test_resume_with_changed_data_or_model_exits_2_naming_the_key(tmp_path, caps
 
 
 def test_resume_with_the_same_config_and_a_moved_run_dir_continues(tmp_path, capsys):
-    config = write_config(tmp_path)
+    config = write_run_config(tmp_path, model={"kind": "mlp", "hidden": [8], "dropout": 0.1},
+                              max_steps=3)
     assert main(["train", str(config), "--quiet"]) == 0
     (tmp_path / "run").rename(tmp_path / "moved")
     assert main(["train", str(config), "--quiet", "--resume",
