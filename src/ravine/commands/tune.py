@@ -99,14 +99,11 @@ def _tune(args: argparse.Namespace) -> int:
         objective = study_spec.objective(pruning=True)
         pruning, seed = True, int(raw.get("seed", 0) or 0)
 
-    # Workers sharing a storage sample independently; a lone study stays reproducible, and a
-    # rerun continues it with a fresh stream.
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    done = (len(optuna.load_study(study_name=name, storage=storage).trials)
-            if name in existing else 0)
+    # Workers sharing a storage sample independently; a lone study stays reproducible: a rerun
+    # after an interrupted trial draws what that trial drew (ReplayableTPE).
     study = tune.run_trials(
         objective, storage=storage, study_name=name, mode=mode, trials=trials,
-        sampler_seed=None if shared else seed + done, pruning=pruning, epochs=epochs,
+        sampler_seed=None if shared else seed, pruning=pruning, epochs=epochs,
         callbacks=_trial_printer(quiet),
     )
 
