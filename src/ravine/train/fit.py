@@ -28,7 +28,6 @@ from ravine.train.early_stopping import EarlyStopping
 from ravine.train.epoch import end_epoch, run_epoch
 from ravine.train.loop import Callback, Loop, start_run
 from ravine.train.options import FitOptions
-from ravine.train.report import write_report
 from ravine.train.state import RunState
 
 __all__ = ["fit", "FitResult"]
@@ -151,16 +150,16 @@ def fit(
     options = FitOptions.from_kwargs(**{k: given[k] for k in FitOptions.model_fields})
     loop, state = start_run(model, train, val, test, options, run_dir=run_dir, resume=resume,
                             overwrite=overwrite, quiet=quiet, callbacks=callbacks, config=config)
+    finished = False
     try:
         with loop.progress:
             while not loop.done(state):
                 run_epoch(loop, state)
                 end_epoch(loop, state)
         result = _finish(loop, state)
+        finished = True
     finally:
-        loop.close()
-    if loop.files is not None:
-        write_report(loop.files.root)
+        loop.close(report=finished)
     return result
 
 

@@ -47,7 +47,8 @@ from ravine.train.metrics import Objective, loss_for, task_of
 from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.options import FitOptions
 from ravine.train.progress import TrainingProgress
-from ravine.train.rundir import RunFiles, plain
+from ravine.train.report import write_report
+from ravine.train.rundir import RunFiles, RunLock, plain
 from ravine.train.state import RunState
 
 __all__ = ["Loop", "start_run", "build_optimizer", "Callback"]
@@ -82,6 +83,7 @@ class Loop:
     resume_key: dict[str, Any]
     batches_on_device: bool
     loader_options: LoaderOptions
+    lock: RunLock | None = None
     started: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0
 
@@ -152,13 +154,20 @@ class Loop:
                                 "monitor": state.tracker.monitor, "value": state.tracker.best},
                                self.files.best)
 
-    def close(self) -> None:
-        """Finish pending checkpoint writes and close the loggers."""
+    def close(self, *, report: bool = False) -> None:
+        """Finish pending checkpoint writes, close the loggers, write ``report.md`` (when
+        ``report``) and release the run directory's lock."""
         try:
-            self.writer.close()
+            try:
+                self.writer.close()
+            finally:
+                for logger in self.loggers:
+                    logger.close()
+            if report and self.files is not None:
+                write_report(self.files.root)
         finally:
-            for logger in self.loggers:
-                logger.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 def _spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
@@ -364,42 +373,50 @@ def start_run(
                   # Every rank's random streams are saved, so a resume needs as many processes.
                   "world_size": comm.world_size}
     files = RunFiles(Path(run_dir)) if run_dir is not None and comm.is_main else None
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs run_dir (where the checkpoint lives)")
-        # Every rank reads the checkpoint, even those that write nothing.
-        last = RunFiles(Path(run_dir)).last
-        ckpt = load_checkpoint(last)
-        _check_same_options(ckpt, resume_key, last)
-        state.load_state_dict(ckpt, last, comm)
-    else:
-        _seed_everything(comm.seed(options.seed))
-        if files is not None:
-            files.prepare(overwrite, config if config is not None else options.describe())
-    resume_point = None
-    if resume and files is not None:
-        resume_point = ResumePoint(jsonl_bytes=state.metrics_offset,
-                                   csv_rows=ckpt.get("csv_rows") or 0, step=state.step)
-    loggers = make_loggers(list(options.loggers), None if files is None else files.root,
-                           resume=resume_point) if comm.is_main else []
-    # The optimizer reports the gradient norm itself unless fit must clip for a foreign one.
-    foreign = options._optimizer is not None
-    norm_from_optimizer = getattr(opt, "clip_norm", None) is not None or getattr(
-        opt, "track_grad_norm", False)
-    loop = Loop(
-        options=options, model=model,
-        # Wrapped only now, so that DDP's initial broadcast from rank 0 sends restored weights.
-        net=comm.wrap(model, device), device=device, comm=comm, objective=objective,
-        val=val, test=test, run_dir=None if run_dir is None else Path(run_dir), files=files,
-        loggers=loggers, writer=AsyncCheckpointWriter(synchronous=not options.async_checkpoints),
-        progress=TrainingProgress(total_steps, options.epochs,
-                                  quiet=quiet if comm.is_main else True),
-        callbacks=callbacks, diag=diag, diag_batch=diag_batch, total_steps=total_steps,
-        clip_in_closure=options.clip_norm is not None and foreign,
-        measure_norm=not norm_from_optimizer,
-        norm_from_optimizer=norm_from_optimizer, resume_key=resume_key,
-        batches_on_device=isinstance(source, TensorSource), loader_options=loader_options,
-        elapsed_before=state.elapsed_before,
-    )
-    loop.net.train()
-    return loop, state
+    # Taken before anything in run_dir is read, written or deleted; Loop.close releases it.
+    lock = RunLock(files.root).acquire() if files is not None else None
+    try:
+        if resume:
+            if run_dir is None:
+                raise ValueError("resume=True needs run_dir (where the checkpoint lives)")
+            # Every rank reads the checkpoint, even those that write nothing.
+            last = RunFiles(Path(run_dir)).last
+            ckpt = load_checkpoint(last)
+            _check_same_options(ckpt, resume_key, last)
+            state.load_state_dict(ckpt, last, comm)
+        else:
+            _seed_everything(comm.seed(options.seed))
+            if files is not None:
+                files.prepare(overwrite, config if config is not None else options.describe())
+        resume_point = None
+        if resume and files is not None:
+            resume_point = ResumePoint(jsonl_bytes=state.metrics_offset,
+                                       csv_rows=ckpt.get("csv_rows") or 0, step=state.step)
+        loggers = make_loggers(list(options.loggers), None if files is None else files.root,
+                               resume=resume_point) if comm.is_main else []
+        # The optimizer reports the gradient norm itself unless fit must clip for a foreign one.
+        foreign = options._optimizer is not None
+        norm_from_optimizer = getattr(opt, "clip_norm", None) is not None or getattr(
+            opt, "track_grad_norm", False)
+        loop = Loop(
+            options=options, model=model,
+            # Wrapped only now, so DDP's initial broadcast from rank 0 sends restored weights.
+            net=comm.wrap(model, device), device=device, comm=comm, objective=objective,
+            val=val, test=test, run_dir=None if run_dir is None else Path(run_dir), files=files,
+            loggers=loggers, lock=lock,
+            writer=AsyncCheckpointWriter(synchronous=not options.async_checkpoints),
+            progress=TrainingProgress(total_steps, options.epochs,
+                                      quiet=quiet if comm.is_main else True),
+            callbacks=callbacks, diag=diag, diag_batch=diag_batch, total_steps=total_steps,
+            clip_in_closure=options.clip_norm is not None and foreign,
+            measure_norm=not norm_from_optimizer,
+            norm_from_optimizer=norm_from_optimizer, resume_key=resume_key,
+            batches_on_device=isinstance(source, TensorSource), loader_options=loader_options,
+            elapsed_before=state.elapsed_before,
+        )
+        loop.net.train()
+        return loop, state
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
