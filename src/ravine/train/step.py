@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from torch import Tensor
 
 from ravine import optim
 from ravine.data.sources import batch_examples
+from ravine.train.checkpoint import CheckpointError, load_checkpoint
 from ravine.train.loop import Loop
 from ravine.train.state import RunState
 
@@ -160,7 +162,7 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
         if options.on_nonfinite == "stop":
             # Every rank raises this, so every rank must word it the same.
             last = None if loop.files is None and loop.run_dir is None else loop.last_path
-            kept = last is not None and last.exists()
+            kept = last is not None and _intact(last)
             raise NonFiniteLossError(
                 f"non-finite training loss ({bad.value}) at step {state.step + 1} "
                 f"(epoch {state.epoch + 1}); stopped"
@@ -185,6 +187,15 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
                   "loss": loss_value, "lr": lr_used, "grad_norm": grad_norm,
                   "clipped": clipped, "skipped": skipped})
         loop.progress.step(state.step, state.epoch, loss_value, lr_used, grad_norm)
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint that loads and matches its checksum."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _warn_nothing_to_learn(loop: Loop) -> None:
