@@ -44,7 +44,8 @@ shown are the defaults (``null``: the library's own default applies).
     steps_per_epoch: null      # required for a stream (IterableDataset)
     accumulate: 1              # micro-batches per minibatch (same step as the whole minibatch)
     num_workers: 0             # DataLoader workers for a Dataset; also pin_memory, prefetch
-    loss: cross_entropy        # cross_entropy | mse | bce | "mypkg.losses:fn" (output, target)
+    loss: null                 # cross_entropy | mse | bce | "mypkg.losses:fn" (output, target);
+                               # null: cross_entropy for integer targets, mse for float ones
     compute_loss: null         # "mypkg.losses:fn": fn(model, batch) -> loss or (loss, metrics)
     metrics: null              # {name: "mypkg.metrics:fn"}: fn(output, target), averaged
     clip_norm: null

@@ -189,7 +189,7 @@ def _tune(
     if name in existing:
         tune.fail_stale_trials(study)
     done = tune.finished_trials(study)
-    study.sampler = tune.make_sampler(tuning.seed + len(study.trials), tuning.trials)
+    study.sampler = tune.make_sampler(tuning.seed, tuning.trials)
     study.pruner = tune.make_pruner(tuning.pruning and not grid, problem.epochs)
     if grid:
         # Grid points are enqueued (a categorical lr makes the sampler return them verbatim);

@@ -45,6 +45,7 @@ __all__ = [
     "sample_hyperparameters",
     "problem_objective",
     "make_sampler",
+    "ReplayableTPE",
     "make_pruner",
     "finished_trials",
     "fail_stale_trials",
@@ -156,9 +157,55 @@ def problem_objective(
     return objective
 
 
-def make_sampler(seed: int | None, trials: int) -> optuna.samplers.TPESampler:
-    """TPE with about half the budget (at most 10 trials) spent on random start-up trials."""
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(1, trials // 2)))
+def make_sampler(seed: int | None, trials: int) -> optuna.samplers.BaseSampler:
+    """TPE with about half the budget (at most 10 trials) spent on random start-up trials;
+    with a ``seed``, a :class:`ReplayableTPE` (an interrupted study resumes exactly)."""
+    startup = min(10, max(1, trials // 2))
+    if seed is None:
+        return optuna.samplers.TPESampler(n_startup_trials=startup)
+    return ReplayableTPE(seed, startup)
+
+
+class ReplayableTPE(optuna.samplers.BaseSampler):
+    """TPE whose random stream restarts at each trial from ``seed`` + the number of finished
+    (complete or pruned) trials.
+
+    What a trial samples then depends only on the seed and the finished trials before it, not
+    on how many processes the study took: a trial interrupted by Ctrl-C or a kill ends FAIL
+    (which TPE ignores), and the rerun's next trial draws exactly what the interrupted one
+    drew, so an interrupted and resumed study equals an uninterrupted one.
+    """
+
+    def __init__(self, seed: int, n_startup_trials: int) -> None:
+        self.seed, self.n_startup_trials = seed, n_startup_trials
+        self._tpe = self._fresh(0)
+
+    def _fresh(self, finished: int) -> optuna.samplers.TPESampler:
+        return optuna.samplers.TPESampler(seed=self.seed + finished,
+                                          n_startup_trials=self.n_startup_trials)
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self._tpe = self._fresh(len(finished_trials(study)))
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                        search_space: dict[str, Any]) -> dict[str, Any]:
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                           param_name: str, param_distribution: Any) -> Any:
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial,
+                    state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._tpe.reseed_rng()
 
 
 def make_pruner(pruning: bool, epochs: int) -> optuna.pruners.BasePruner:

@@ -28,7 +28,7 @@ from ravine.config import RunConfig, load_config, validate_config
 from ravine.diagnostics import DiagnosticsReport, report
 from ravine.train.checkpoint import CheckpointError, load_checkpoint
 from ravine.train.loop import build_optimizer
-from ravine.train.metrics import read_metrics, resolve_loss
+from ravine.train.metrics import loss_for, read_metrics, resolve_loss
 from ravine.train.report import write_report
 
 __all__ = ["diagnose_run", "diagnose_command", "CHECKPOINTS"]
@@ -123,7 +123,7 @@ def diagnose_run(
     out_dir.mkdir(parents=True, exist_ok=True)
     result = report(
         model,
-        resolve_loss(config.loss)[0],
+        resolve_loss(loss_for(config.loss, splits.train))[0],
         splits.train,
         out_dir,
         lr=lr,

@@ -34,6 +34,7 @@ from ravine.bench.problems import build
 from ravine.commands._common import UsageParser, guarded, positive_int
 from ravine.config import validate_config
 from ravine.train import NonFiniteLossError, fit
+from ravine.train.metrics import loss_for
 
 __all__ = ["tune_main", "tune_parser"]
 
@@ -98,14 +99,11 @@ def _tune(args: argparse.Namespace) -> int:
         objective = study_spec.objective(pruning=True)
         pruning, seed = True, int(raw.get("seed", 0) or 0)
 
-    # Workers sharing a storage sample independently; a lone study stays reproducible, and a
-    # rerun continues it with a fresh stream.
-    existing = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-    done = (len(optuna.load_study(study_name=name, storage=storage).trials)
-            if name in existing else 0)
+    # Workers sharing a storage sample independently; a lone study stays reproducible: a rerun
+    # after an interrupted trial draws what that trial drew (ReplayableTPE).
     study = tune.run_trials(
         objective, storage=storage, study_name=name, mode=mode, trials=trials,
-        sampler_seed=None if shared else seed + done, pruning=pruning, epochs=epochs,
+        sampler_seed=None if shared else seed, pruning=pruning, epochs=epochs,
         callbacks=_trial_printer(quiet),
     )
 
@@ -175,7 +173,8 @@ class TrainStudy:
         if monitor is None and config.early_stopping is not None:
             monitor = config.early_stopping.monitor
         if monitor is None:
-            monitor = "val_acc" if config.loss == "cross_entropy" else "val_loss"
+            loss = loss_for(config.loss, config.build().splits.train)
+            monitor = "val_acc" if loss == "cross_entropy" else "val_loss"
         if monitor not in MONITORS:
             raise ConfigError(f"monitor must be one of {', '.join(MONITORS)}, got {monitor!r}"
                               f"{suggest(monitor, MONITORS)}")

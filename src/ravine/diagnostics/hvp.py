@@ -108,6 +108,11 @@ def checked_batch(batch: Any, index: int) -> Batch:
     x, y = batch
     if x.ndim == 0 or x.shape[0] == 0:
         raise ValueError(f"batch {index} of data is empty (x has shape {tuple(x.shape)})")
+    for name, tensor in (("x", x), ("y", y)):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"batch {index} of data: {name} holds {bad} non-finite values "
+                             "(NaN or inf); the curvature of such a loss is meaningless")
     return x, y
 
 
@@ -240,6 +245,10 @@ class HessianOperator:
         self.mode = mode
         self.seed = seed
         self.names, self.params = trainable_parameters(model)
+        for name, p in zip(self.names, self.params, strict=True):
+            if not bool(torch.isfinite(p).all()):
+                raise ValueError(f"parameter {name!r} of the model holds non-finite values "
+                                 "(NaN or inf); there is no curvature to measure")
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dim = sum(self.numels)

@@ -15,6 +15,7 @@ on one background thread while training goes on.
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import random
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ __all__ = [
     "CheckpointError",
     "save_checkpoint",
     "load_checkpoint",
+    "payload_digest",
     "AsyncCheckpointWriter",
     "snapshot",
     "rng_state",
@@ -37,7 +39,9 @@ __all__ = [
 ]
 
 FORMAT = "ravine-checkpoint"
-VERSION = 1
+VERSION = 2
+# Version 1 (before checksums) is still read; version 2 carries "sha256" and must match it.
+READABLE = (1, 2)
 
 
 class CheckpointError(Exception):
@@ -57,7 +61,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> No
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+            body = _body(payload)
+            torch.save({"format": FORMAT, "version": VERSION, **body,
+                        "sha256": payload_digest(body)}, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -93,12 +99,51 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ravine checkpoint")
-    if payload.get("version") != VERSION:
+    version = payload.get("version")
+    if version not in READABLE:
         raise CheckpointError(
-            f"checkpoint {path} has format version {payload.get('version')!r}; "
-            f"this ravine reads version {VERSION}"
+            f"checkpoint {path} has format version {version!r}; "
+            f"this ravine reads versions {', '.join(map(str, READABLE))}"
         )
+    if version >= 2:
+        if payload.pop("sha256", None) != payload_digest(_body(payload)):
+            raise CheckpointError(
+                f"checkpoint {path} is corrupted: its contents do not match the SHA-256 "
+                "checksum written with them (flipped bytes on disk?)"
+            )
     return payload
+
+
+def _body(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload without the file's own markers (format, version, checksum)."""
+    return {k: v for k, v in payload.items() if k not in ("format", "version", "sha256")}
+
+
+def payload_digest(payload: Any) -> str:
+    """SHA-256 over a checkpoint payload: its structure, keys, plain values and every tensor's
+    dtype, shape and bytes (torch's zip container carries no checksum that ``torch.load``
+    verifies, so a flipped bit in a tensor would otherwise load silently)."""
+    digest = hashlib.sha256()
+    _feed(digest, payload)
+    return digest.hexdigest()
+
+
+def _feed(digest: Any, value: Any) -> None:
+    if isinstance(value, torch.Tensor):
+        flat = value.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)}".encode())
+        for key, item in value.items():
+            digest.update(f"K{key!r}".encode())
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"L{len(value)}".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{type(value).__name__}:{value!r}".encode())
 
 
 def snapshot(payload: Any) -> Any:

@@ -28,7 +28,6 @@ from ravine.train.early_stopping import EarlyStopping
 from ravine.train.epoch import end_epoch, run_epoch
 from ravine.train.loop import Callback, Loop, start_run
 from ravine.train.options import FitOptions
-from ravine.train.report import write_report
 from ravine.train.state import RunState
 
 __all__ = ["fit", "FitResult"]
@@ -86,7 +85,7 @@ def fit(
     num_workers: int = 0,
     pin_memory: bool = False,
     prefetch: int | None = None,
-    loss: str | Callable[..., Any] = "cross_entropy",
+    loss: str | Callable[..., Any] | None = None,
     compute_loss: Callable[..., Any] | str | None = None,
     metrics: dict[str, Callable[..., Any]] | Sequence[Callable[..., Any]] | None = None,
     clip_norm: float | None = None,
@@ -128,7 +127,8 @@ def fit(
             ``best.pt``, ``plots/*.png`` and ``report.md``; ``None`` writes nothing.
         resume: continue the run saved in ``run_dir`` from ``checkpoints/last.pt``; the options
             must equal the original run's (except those that do not change the numbers:
-            checkpointing, logging, device, workers).
+            checkpointing, logging, device, workers), and so must ``config``'s other keys
+            (the ``data`` and ``model`` of ``ravine train``; not ``run_dir``, ``code_dir``).
         overwrite: replace a previous run's files in ``run_dir`` (otherwise that is an error).
         quiet: ``True`` hides the progress bar; ``None`` shows it only on a terminal.
         callbacks: ``cb(epoch, record)`` called after each epoch's evaluation; exceptions
@@ -150,16 +150,16 @@ def fit(
     options = FitOptions.from_kwargs(**{k: given[k] for k in FitOptions.model_fields})
     loop, state = start_run(model, train, val, test, options, run_dir=run_dir, resume=resume,
                             overwrite=overwrite, quiet=quiet, callbacks=callbacks, config=config)
+    finished = False
     try:
         with loop.progress:
             while not loop.done(state):
                 run_epoch(loop, state)
                 end_epoch(loop, state)
         result = _finish(loop, state)
+        finished = True
     finally:
-        loop.close()
-    if loop.files is not None:
-        write_report(loop.files.root)
+        loop.close(report=finished)
     return result
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.optim import Optimizer
 
 from ravine import models, optim, schedules
@@ -30,7 +30,6 @@ from ravine.data.sources import (
     TensorSource,
     as_tensors,
     eval_batches,
-    first_item,
     to_device,
     training_source,
 )
@@ -44,11 +43,12 @@ from ravine.train.checkpoint import (
 from ravine.train.distributed import Communicator
 from ravine.train.early_stopping import EarlyStopping
 from ravine.train.loggers import CsvLogger, JsonlLogger, Logger, ResumePoint, make_loggers
-from ravine.train.metrics import Objective
+from ravine.train.metrics import Objective, loss_for, task_of
 from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.options import FitOptions
 from ravine.train.progress import TrainingProgress
-from ravine.train.rundir import RunFiles, plain
+from ravine.train.report import write_report
+from ravine.train.rundir import RunFiles, RunLock, plain
 from ravine.train.state import RunState
 
 __all__ = ["Loop", "start_run", "build_optimizer", "Callback"]
@@ -83,6 +83,7 @@ class Loop:
     resume_key: dict[str, Any]
     batches_on_device: bool
     loader_options: LoaderOptions
+    lock: RunLock | None = None
     started: float = field(default_factory=time.perf_counter)
     elapsed_before: float = 0.0
 
@@ -153,13 +154,20 @@ class Loop:
                                 "monitor": state.tracker.monitor, "value": state.tracker.best},
                                self.files.best)
 
-    def close(self) -> None:
-        """Finish pending checkpoint writes and close the loggers."""
+    def close(self, *, report: bool = False) -> None:
+        """Finish pending checkpoint writes, close the loggers, write ``report.md`` (when
+        ``report``) and release the run directory's lock."""
         try:
-            self.writer.close()
+            try:
+                self.writer.close()
+            finally:
+                for logger in self.loggers:
+                    logger.close()
+            if report and self.files is not None:
+                write_report(self.files.root)
         finally:
-            for logger in self.loggers:
-                logger.close()
+            if self.lock is not None:
+                self.lock.release()
 
 
 def _spec(value: str | dict[str, Any], what: str) -> dict[str, Any]:
@@ -208,32 +216,6 @@ def _check_covers(optimizer: Optimizer, model: nn.Module) -> None:
             "tensors; build it from model.parameters(), or set requires_grad=False on the "
             "parameters that should stay fixed"
         )
-
-
-def _classification(train: Any, options: FitOptions) -> str | None:
-    """``"multiclass"``, ``"binary"`` or ``None``, from the loss and the training targets."""
-    if options.compute_loss is not None:
-        return None
-    if options.loss == "bce":
-        return "binary"
-    tensors = as_tensors(train)
-    if tensors is not None:
-        target = tensors[1]
-    else:
-        item = first_item(train)
-        if item is None:
-            return None
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            kind = type(item).__name__
-            raise ValueError(
-                f"train's items are {kind}s, not (x, y) pairs; pass compute_loss=fn(model, "
-                "batch) returning the batch's mean loss"
-            )
-        target = item[1]
-    if isinstance(target, Tensor):
-        return None if torch.is_floating_point(target) or target.is_complex() else "multiclass"
-    return "multiclass" if isinstance(target, (int, np.integer)) and not isinstance(
-        target, bool) else None
 
 
 def _check_eval_data(data: Any, name: str) -> None:
@@ -292,6 +274,19 @@ def _check_same_options(ckpt: dict[str, Any], options: dict[str, Any], path: Pat
         )
 
 
+# Keys of a run's config that name places, not what is computed: a moved run still resumes.
+_PLACES = ("run_dir", "code_dir")
+
+
+def _run_description(config: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``config`` (the resolved run config the CLI writes as ``config.yaml``) adds to the
+    training options: the data and the model, which a resumed run must share too."""
+    if config is None:
+        return {}
+    return {k: v for k, v in config.items()
+            if k not in FitOptions.model_fields and k not in _PLACES}
+
+
 def _flat(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``{"optimizer": {"lr": 0.1}}`` -> ``{"optimizer.lr": 0.1}`` (values made YAML-plain)."""
     flat: dict[str, Any] = {}
@@ -343,8 +338,10 @@ def start_run(
     for data, name in ((val, "val"), (test, "test")):
         if data is not None:
             _check_eval_data(data, name)
-    classification = _classification(train, options)
-    objective = Objective(options.loss, classification=classification,
+    classification = task_of(train, options.loss, options.compute_loss)
+    # With compute_loss the batches need not be (x, y) pairs and no loss(output, target) runs.
+    loss = "cross_entropy" if options.compute_loss is not None else loss_for(options.loss, train)
+    objective = Objective(loss, classification=classification,
                           compute_loss=options.compute_loss, metrics=options.metrics)
     diag = DiagnosticsSchedule.from_option(options.diagnostics)
     diag_batch = None
@@ -371,46 +368,55 @@ def start_run(
     state = RunState(model, opt, sched, source, tracker, scaler)
 
     examples = getattr(getattr(source, "sampler", None), "n", None)
-    resume_key = {**options.resume_key(), "train_examples": examples,
+    resume_key = {**options.resume_key(), **_run_description(config),
+                  "train_examples": examples,
                   # Every rank's random streams are saved, so a resume needs as many processes.
                   "world_size": comm.world_size}
     files = RunFiles(Path(run_dir)) if run_dir is not None and comm.is_main else None
-    if resume:
-        if run_dir is None:
-            raise ValueError("resume=True needs run_dir (where the checkpoint lives)")
-        # Every rank reads the checkpoint, even those that write nothing.
-        last = RunFiles(Path(run_dir)).last
-        ckpt = load_checkpoint(last)
-        _check_same_options(ckpt, resume_key, last)
-        state.load_state_dict(ckpt, last, comm)
-    else:
-        _seed_everything(comm.seed(options.seed))
-        if files is not None:
-            files.prepare(overwrite, config if config is not None else options.describe())
-    resume_point = None
-    if resume and files is not None:
-        resume_point = ResumePoint(jsonl_bytes=state.metrics_offset,
-                                   csv_rows=ckpt.get("csv_rows") or 0, step=state.step)
-    loggers = make_loggers(list(options.loggers), None if files is None else files.root,
-                           resume=resume_point) if comm.is_main else []
-    # The optimizer reports the gradient norm itself unless fit must clip for a foreign one.
-    foreign = options._optimizer is not None
-    norm_from_optimizer = getattr(opt, "clip_norm", None) is not None or getattr(
-        opt, "track_grad_norm", False)
-    loop = Loop(
-        options=options, model=model,
-        # Wrapped only now, so that DDP's initial broadcast from rank 0 sends restored weights.
-        net=comm.wrap(model, device), device=device, comm=comm, objective=objective,
-        val=val, test=test, run_dir=None if run_dir is None else Path(run_dir), files=files,
-        loggers=loggers, writer=AsyncCheckpointWriter(synchronous=not options.async_checkpoints),
-        progress=TrainingProgress(total_steps, options.epochs,
-                                  quiet=quiet if comm.is_main else True),
-        callbacks=callbacks, diag=diag, diag_batch=diag_batch, total_steps=total_steps,
-        clip_in_closure=options.clip_norm is not None and foreign,
-        measure_norm=not norm_from_optimizer,
-        norm_from_optimizer=norm_from_optimizer, resume_key=resume_key,
-        batches_on_device=isinstance(source, TensorSource), loader_options=loader_options,
-        elapsed_before=state.elapsed_before,
-    )
-    loop.net.train()
-    return loop, state
+    # Taken before anything in run_dir is read, written or deleted; Loop.close releases it.
+    lock = RunLock(files.root).acquire() if files is not None else None
+    try:
+        if resume:
+            if run_dir is None:
+                raise ValueError("resume=True needs run_dir (where the checkpoint lives)")
+            # Every rank reads the checkpoint, even those that write nothing.
+            last = RunFiles(Path(run_dir)).last
+            ckpt = load_checkpoint(last)
+            _check_same_options(ckpt, resume_key, last)
+            state.load_state_dict(ckpt, last, comm)
+        else:
+            _seed_everything(comm.seed(options.seed))
+            if files is not None:
+                files.prepare(overwrite, config if config is not None else options.describe())
+        resume_point = None
+        if resume and files is not None:
+            resume_point = ResumePoint(jsonl_bytes=state.metrics_offset,
+                                       csv_rows=ckpt.get("csv_rows") or 0, step=state.step)
+        loggers = make_loggers(list(options.loggers), None if files is None else files.root,
+                               resume=resume_point) if comm.is_main else []
+        # The optimizer reports the gradient norm itself unless fit must clip for a foreign one.
+        foreign = options._optimizer is not None
+        norm_from_optimizer = getattr(opt, "clip_norm", None) is not None or getattr(
+            opt, "track_grad_norm", False)
+        loop = Loop(
+            options=options, model=model,
+            # Wrapped only now, so DDP's initial broadcast from rank 0 sends restored weights.
+            net=comm.wrap(model, device), device=device, comm=comm, objective=objective,
+            val=val, test=test, run_dir=None if run_dir is None else Path(run_dir), files=files,
+            loggers=loggers, lock=lock,
+            writer=AsyncCheckpointWriter(synchronous=not options.async_checkpoints),
+            progress=TrainingProgress(total_steps, options.epochs,
+                                      quiet=quiet if comm.is_main else True),
+            callbacks=callbacks, diag=diag, diag_batch=diag_batch, total_steps=total_steps,
+            clip_in_closure=options.clip_norm is not None and foreign,
+            measure_norm=not norm_from_optimizer,
+            norm_from_optimizer=norm_from_optimizer, resume_key=resume_key,
+            batches_on_device=isinstance(source, TensorSource), loader_options=loader_options,
+            elapsed_before=state.elapsed_before,
+        )
+        loop.net.train()
+        return loop, state
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise

@@ -14,13 +14,15 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ravine.data.sources import batch_examples
+from ravine.data.sources import as_tensors, batch_examples, first_item
 
-__all__ = ["LossFn", "Objective", "resolve_loss", "correct_count", "read_metrics"]
+__all__ = ["LossFn", "Objective", "resolve_loss", "task_of", "loss_for", "correct_count",
+           "read_metrics"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -72,6 +74,55 @@ def resolve_loss(loss: str | LossFn) -> tuple[LossFn, LossFn]:
     close = difflib.get_close_matches(str(loss), LOSSES, n=1)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown loss {loss!r}{hint} (valid: {', '.join(LOSSES)} or a callable)")
+
+
+def _first_target(train: Any) -> Any:
+    """The targets of ``train`` (all of them for tensors, else the first item's), or ``None``
+    when they cannot be seen without consuming a stream."""
+    tensors = as_tensors(train)
+    if tensors is not None:
+        return tensors[1]
+    item = first_item(train)
+    if item is None:
+        return None
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        raise ValueError(
+            f"train's items are {type(item).__name__}s, not (x, y) pairs; pass "
+            "compute_loss=fn(model, batch) returning the batch's mean loss"
+        )
+    return item[1]
+
+
+def _is_float(target: Any) -> bool:
+    if isinstance(target, Tensor):
+        return torch.is_floating_point(target) or target.is_complex()
+    if isinstance(target, np.ndarray):
+        return np.issubdtype(target.dtype, np.inexact)
+    return isinstance(target, (float, np.floating))
+
+
+def task_of(train: Any, loss: str | LossFn | None,
+            compute_loss: Callable[..., Any] | None) -> str | None:
+    """``"multiclass"`` (integer targets), ``"binary"`` (``bce``) or ``None`` (floating-point
+    targets, or batches that are not ``(x, y)`` pairs with ``compute_loss``)."""
+    if compute_loss is not None:
+        return None
+    if loss == "bce":
+        return "binary"
+    target = _first_target(train)
+    if isinstance(target, Tensor):
+        return None if _is_float(target) else "multiclass"
+    return "multiclass" if isinstance(target, (int, np.integer)) and not isinstance(
+        target, bool) else None
+
+
+def loss_for(loss: str | LossFn | None, train: Any) -> str | LossFn:
+    """The loss a run uses: ``loss`` when given, else ``"mse"`` for floating-point targets and
+    ``"cross_entropy"`` otherwise (cross-entropy over one output column is identically 0, so a
+    regression run on the old default silently trained nothing)."""
+    if loss is not None:
+        return loss
+    return "mse" if _is_float(_first_target(train)) else "cross_entropy"
 
 
 def correct_count(output: Tensor, target: Tensor) -> Tensor:

@@ -3,7 +3,8 @@
 :func:`ravine.fit` validates its keyword arguments through :class:`FitOptions`;
 :class:`ravine.config.RunConfig` (the YAML file of ``ravine train``) *is* a FitOptions plus the
 ``data``, ``model`` and ``run_dir`` keys; ``ravine compare`` and ``ravine tune`` build their runs
-from it; and ``--resume`` compares two FitOptions dumps (:meth:`FitOptions.resume_key`). Every
+from it; and ``--resume`` compares two FitOptions dumps (:meth:`FitOptions.resume_key`, plus
+the run config's ``data`` and ``model`` sections when ``ravine train`` gives them). Every
 option is therefore declared, documented and validated here and nowhere else.
 
 A bad value raises :class:`ravine.ConfigError` (a ``ValueError``) with one line naming the key
@@ -247,8 +248,9 @@ class FitOptions(Section):
             (torch's ``num_workers``, ``pin_memory``, ``prefetch_factor``).
     Objective:
         loss: ``"cross_entropy"``, ``"mse"``, ``"bce"`` (binary, on logits) or a callable
-            ``loss(output, target)`` returning the batch mean. Integer targets (and ``bce``)
-            mean classification: accuracy is reported.
+            ``loss(output, target)`` returning the batch mean; ``None`` (the default) picks
+            ``"cross_entropy"`` for integer targets and ``"mse"`` for floating-point ones.
+            Integer targets (and ``bce``) mean classification: accuracy is reported.
         compute_loss: ``fn(model, batch) -> mean loss`` (or ``(loss, {name: value})`` with
             per-batch metric values to average) for batches that are not ``(x, y)`` pairs:
             dicts, several inputs. Training and evaluation both use it. In YAML:
@@ -312,7 +314,7 @@ class FitOptions(Section):
     num_workers: int = Field(0, ge=0)
     pin_memory: StrictBool = False
     prefetch: int | None = Field(None, ge=1)
-    loss: Literal["cross_entropy", "mse", "bce"] | Callable[..., Any] = "cross_entropy"
+    loss: Literal["cross_entropy", "mse", "bce"] | Callable[..., Any] | None = None
     compute_loss: Callable[..., Any] | None = None
     metrics: dict[str, Callable[..., Any]] | None = None
     clip_norm: float | None = Field(None, gt=0)

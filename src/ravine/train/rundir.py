@@ -1,11 +1,15 @@
 """A run directory: config.yaml, metrics.jsonl, checkpoints/{last,best}.pt, plots, report.
 
-Replacing a run (``overwrite``) deletes the files listed in :class:`RunFiles`, the report and the
-``plots/`` folder.
+Replacing a run (``overwrite``) deletes the files a run and ``ravine diagnose`` write
+(:data:`WRITTEN`, :data:`PLOTS`) and the ``tensorboard/`` folder; a user's own files, in the
+folder or in ``plots/``, stay.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +17,14 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RunFiles", "plain"]
+__all__ = ["RunFiles", "RunLock", "RunDirInUse", "plain", "WRITTEN", "PLOTS"]
+
+#: Files of a run directory that training and ``ravine diagnose`` write (besides checkpoints).
+WRITTEN = ("config.yaml", "metrics.jsonl", "metrics.csv", "report.md", "diagnostics.json",
+           "diagnostics.md")
+#: The plots they draw in ``plots/`` (train/report.py and diagnostics/monitor.py).
+PLOTS = ("loss.png", "accuracy.png", "lr.png", "grad_norm.png", "diagnostics.png",
+         "hessian_spectrum.png", "gradient_noise.png")
 
 
 @dataclass
@@ -38,11 +49,13 @@ class RunFiles:
 
     def clear(self) -> None:
         """Remove the files a previous run wrote here (only those; nothing else in the folder)."""
-        for path in (self.config, self.metrics, self.last, self.best, self.root / "report.md",
-                     self.root / "metrics.csv"):
+        plots = self.root / "plots"
+        for path in (self.last, self.best, *(self.root / name for name in WRITTEN),
+                     *(plots / name for name in PLOTS)):
             path.unlink(missing_ok=True)
-        for folder in ("plots", "tensorboard"):
-            shutil.rmtree(self.root / folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # kept when it holds the user's own files
+            plots.rmdir()
+        shutil.rmtree(self.root / "tensorboard", ignore_errors=True)
 
     def prepare(self, overwrite: bool, config: dict[str, Any]) -> None:
         """Start a new run here: refuse to replace a run unless ``overwrite``; write config."""
@@ -55,6 +68,59 @@ class RunFiles:
             self.clear()
         self.root.mkdir(parents=True, exist_ok=True)
         self.config.write_text(yaml.safe_dump(plain(config), sort_keys=False), encoding="utf-8")
+
+
+class RunDirInUse(ValueError):
+    """Another live process holds the run directory's lock."""
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``flock`` on ``RUN_DIR/.lock``), held by the one
+    process that writes there (rank 0) for the run's lifetime.
+
+    The lock file holds the holder's process id, for the error message, and is removed on
+    release. The lock belongs to the open file, so the kernel frees it when the process dies,
+    however it dies: the file a killed run leaves behind locks nothing, and the next run takes
+    it over at once, with no stale-lock guesswork.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / ".lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        """Take the lock or raise :class:`RunDirInUse` naming the holding process."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                os.close(fd)
+                raise RunDirInUse(
+                    f"run_dir {self.path.parent} is in use by process {holder} (a running "
+                    "training); wait for it to finish or stop it, or choose another run_dir"
+                ) from None
+            # The holder before us may have removed the file while we waited to open it: a
+            # lock on a file no longer at the path would exclude nobody, so try again.
+            try:
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock (a run leaves no ``.lock`` behind)."""
+        if self._fd is not None:
+            self.path.unlink(missing_ok=True)
+            os.close(self._fd)  # closing the file drops the lock
+            self._fd = None
 
 
 def plain(value: Any) -> Any:

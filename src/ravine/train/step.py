@@ -23,7 +23,9 @@ is not applied. Only the last micro-batch's backward synchronizes gradients acro
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +33,7 @@ from torch import Tensor
 
 from ravine import optim
 from ravine.data.sources import batch_examples
+from ravine.train.checkpoint import CheckpointError, load_checkpoint
 from ravine.train.loop import Loop
 from ravine.train.state import RunState
 
@@ -159,7 +162,7 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
         if options.on_nonfinite == "stop":
             # Every rank raises this, so every rank must word it the same.
             last = None if loop.files is None and loop.run_dir is None else loop.last_path
-            kept = last is not None and last.exists()
+            kept = last is not None and _intact(last)
             raise NonFiniteLossError(
                 f"non-finite training loss ({bad.value}) at step {state.step + 1} "
                 f"(epoch {state.epoch + 1}); stopped"
@@ -177,11 +180,32 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
     clipped = options.clip_norm is not None and grad_norm is not None and (
         grad_norm > options.clip_norm)
     loss_value = state.sums.add_step(first, lr_used, grad_norm, clipped)
+    if state.step == 1 and loss_value == 0.0 and grad_norm == 0.0:
+        _warn_nothing_to_learn(loop)
     if state.step % options.log_every == 0:
         loop.log({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
                   "loss": loss_value, "lr": lr_used, "grad_norm": grad_norm,
                   "clipped": clipped, "skipped": skipped})
         loop.progress.step(state.step, state.epoch, loss_value, lr_used, grad_norm)
+
+
+def _intact(path: Path) -> bool:
+    """Whether ``path`` holds a checkpoint that loads and matches its checksum."""
+    try:
+        load_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _warn_nothing_to_learn(loop: Loop) -> None:
+    """A loss of exactly 0 with a zero gradient at the first step means the objective cannot
+    move the weights (e.g. cross-entropy over a single output column): say so, once."""
+    message = ("the training loss is exactly 0 with a zero gradient at step 1: nothing will "
+               "train; check that loss= suits the targets (mse for regression)")
+    loop.log({"kind": "warning", "step": 1, "message": message})
+    if loop.comm.is_main:
+        print(f"ravine: warning: {message}", file=sys.stderr)
 
 
 def _copy_buffers(model: torch.nn.Module) -> list[Tensor]:
