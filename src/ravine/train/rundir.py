@@ -8,6 +8,7 @@ folder or in ``plots/``, stay.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import shutil
@@ -74,34 +75,51 @@ class RunDirInUse(ValueError):
     """Another live process holds the run directory's lock."""
 
 
+# Run directories this process holds: POSIX locks never conflict within one process.
+_HELD: set[Path] = set()
+
+
 class RunLock:
-    """An exclusive lock on a run directory (``flock`` on ``RUN_DIR/.lock``), held by the one
-    process that writes there (rank 0) for the run's lifetime.
+    """An exclusive lock on a run directory (a POSIX record lock, ``lockf``, on
+    ``RUN_DIR/.lock``), held by the one process that writes there (rank 0) for the run's
+    lifetime.
 
     The lock file holds the holder's process id, for the error message, and is removed on
-    release. The lock belongs to the open file, so the kernel frees it when the process dies,
+    release. The lock belongs to the process, so the kernel frees it when the process dies,
     however it dies: the file a killed run leaves behind locks nothing, and the next run takes
-    it over at once, with no stale-lock guesswork.
+    it over at once, with no stale-lock guesswork. Unlike ``flock``, it is not inherited by
+    forked children, so DataLoader workers that outlive a killed run for a moment do not keep
+    the directory locked.
     """
 
     def __init__(self, root: Path) -> None:
         self.path = Path(root) / ".lock"
         self._fd: int | None = None
 
+    def _busy(self, holder: str) -> RunDirInUse:
+        return RunDirInUse(
+            f"run_dir {self.path.parent} is in use by process {holder} (a running "
+            "training); wait for it to finish or stop it, or choose another run_dir"
+        )
+
     def acquire(self) -> RunLock:
         """Take the lock or raise :class:`RunDirInUse` naming the holding process."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        key = self.path.resolve()
+        if key in _HELD:
+            # Opening and closing the file here would drop this process's own lock.
+            raise self._busy(str(os.getpid()))
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    os.close(fd)
+                    raise
                 holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
                 os.close(fd)
-                raise RunDirInUse(
-                    f"run_dir {self.path.parent} is in use by process {holder} (a running "
-                    "training); wait for it to finish or stop it, or choose another run_dir"
-                ) from None
+                raise self._busy(holder) from None
             # The holder before us may have removed the file while we waited to open it: a
             # lock on a file no longer at the path would exclude nobody, so try again.
             try:
@@ -113,6 +131,7 @@ class RunLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         self._fd = fd
+        _HELD.add(key)
         return self
 
     def release(self) -> None:
@@ -121,6 +140,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             os.close(self._fd)  # closing the file drops the lock
             self._fd = None
+            _HELD.discard(self.path.resolve())
 
 
 def plain(value: Any) -> Any:
