@@ -326,6 +326,9 @@ def start_run(
     if comm.parallel and options.sync_batchnorm:
         model = distributed.convert_sync_batchnorm(model, device)
     model.to(device)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ValueError("the model has no trainable parameters (every parameter has "
+                         "requires_grad=False); unfreeze some before training")
     loader_options = LoaderOptions(num_workers=options.num_workers,
                                    pin_memory=options.pin_memory,
                                    prefetch_factor=options.prefetch)
@@ -341,6 +344,9 @@ def start_run(
     classification = task_of(train, options.loss, options.compute_loss)
     # With compute_loss the batches need not be (x, y) pairs and no loss(output, target) runs.
     loss = "cross_entropy" if options.compute_loss is not None else loss_for(options.loss, train)
+    if loss in ("mse", "bce") and classification == "multiclass":
+        raise ValueError(f"loss {loss!r} needs floating-point targets, but train's targets are "
+                         "integer class labels; use loss: cross_entropy, or give float targets")
     objective = Objective(loss, classification=classification,
                           compute_loss=options.compute_loss, metrics=options.metrics)
     diag = DiagnosticsSchedule.from_option(options.diagnostics)

@@ -125,6 +125,16 @@ def loss_for(loss: str | LossFn | None, train: Any) -> str | LossFn:
     return "mse" if _is_float(_first_target(train)) else "cross_entropy"
 
 
+def _scalar(loss: Any, what: str) -> Tensor:
+    """``loss`` if it is a one-element tensor; else a one-line error (a vector loss would make
+    ``backward`` fail with torch's own, less telling message)."""
+    if not isinstance(loss, Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(f"{what} must return the batch's mean loss as a scalar tensor, got "
+                         f"{shape}; reduce it (e.g. .mean())")
+    return loss
+
+
 def correct_count(output: Tensor, target: Tensor) -> Tensor:
     """Number of examples whose arg-max class equals the integer target."""
     return (output.argmax(dim=-1) == target).sum()
@@ -182,7 +192,7 @@ class Objective:
             if isinstance(out, tuple):
                 out, extra = out
             self._extra_names(extra)
-            return out, batch_examples(batch), None, extra
+            return _scalar(out, "compute_loss"), batch_examples(batch), None, extra
         x, y = batch
         out = model(x)
         n = y.shape[0]
@@ -190,7 +200,7 @@ class Objective:
             # A rank whose share of the last batch is empty must still join DDP's backward.
             return out.sum() * 0.0, 0, None, {}
         correct = self._correct(out.detach(), y) if self.classification else None
-        return self.mean_loss(out, y), n, correct, {}
+        return _scalar(self.mean_loss(out, y), "loss"), n, correct, {}
 
     @torch.no_grad()
     def eval_sums(self, model: nn.Module, batches: Iterable[Any]) -> Tensor:

@@ -360,11 +360,18 @@ class FitOptions(Section):
         import torch
 
         try:
-            torch.device(device)
+            kind = torch.device(device).type
         except RuntimeError:
             raise ValueError(
                 f"not a torch device: {device!r} (e.g. 'cpu', 'cuda', 'cuda:1')"
             ) from None
+        if kind not in ("cpu", "cuda", "mps", "xpu"):
+            raise ValueError(f"cannot train on device {device!r}: use cpu, cuda[:N], mps or xpu")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r}: this torch ({torch.__version__}) sees no CUDA "
+                             "GPU; use device: cpu")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r}: MPS is not available here; use device: cpu")
         return device
 
     @model_validator(mode="after")
