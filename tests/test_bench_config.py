@@ -87,7 +87,7 @@ def test_unreadable_and_malformed_files(tmp_path):
         load_suite(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("problems: [quadratic\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    with pytest.raises(ConfigError, match="invalid YAML at line"):
         load_suite(bad)
     listy = tmp_path / "list.yaml"
     listy.write_text("- quadratic\n")

@@ -106,6 +106,12 @@ def _literal_choices(root: type[BaseModel], loc: Sequence[Any]) -> list[str]:
             for v in typing.get_args(t)]
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters: an error never echoes unbounded input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + " ...)"
+
+
 def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     loc = list(error["loc"])
     path, _, _ = _field_path(root, loc)
@@ -121,14 +127,14 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
         return f"{where}: required key is missing"
     message = error["msg"].removeprefix("Value error, ")
     if kind == "literal_error":
-        return f"{where}: {message}, got {error['input']!r}" + suggest(
+        return f"{where}: {message}, got {shown(error['input'])}" + suggest(
             error["input"], _literal_choices(root, loc))
     if kind == "value_error":
         cause = error.get("ctx", {}).get("error")
         if isinstance(cause, OptionError):
             where = f"{where}.{cause.key}"
         return f"{where}: {message}" if path else message
-    return f"{where}: {message}, got {error['input']!r}"
+    return f"{where}: {message}, got {shown(error['input'])}"
 
 
 # Errors that only say "nor is it the other member of the union": dropped when others exist.
@@ -254,5 +260,5 @@ def format_validation_error(error: ValidationError, root: type[BaseModel]) -> st
         return f"{where}: required key is missing"
     message = first["msg"].removeprefix("Value error, ")
     value = first.get("input")
-    shown = first["type"] != "value_error" and not isinstance(value, (dict, list))
-    return f"{where}: {message}" + (f" (got {value!r})" if shown else "")
+    display = first["type"] != "value_error" and not isinstance(value, (dict, list))
+    return f"{where}: {message}" + (f" (got {shown(value)})" if display else "")

@@ -92,12 +92,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from pydantic import Field, model_validator
 from torch import nn
 
 from ravine import data, models
 from ravine._checks import ConfigError, check_options
+from ravine._io import YAMLError, safe_yaml
 from ravine.train.options import (
     EarlyStoppingConfig,
     FitOptions,
@@ -347,8 +347,8 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
         if not sep or not all(parts):
             raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {item!r}")
         try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
+            value = safe_yaml(text, "--set") if text.strip() else None
+        except YAMLError:
             raise ConfigError(f"--set {key}: cannot parse {text!r} as a YAML value") from None
         parsed.append((parts, value))
     return parsed
@@ -397,12 +397,9 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
+        raw = safe_yaml(text, str(path))
+    except YAMLError as exc:
+        raise ConfigError(str(exc)) from None
     if raw is None:
         raw = {}
     if isinstance(raw, dict):

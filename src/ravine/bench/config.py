@@ -30,7 +30,6 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,6 +44,7 @@ from pydantic import (
 from ravine import optim
 from ravine._checks import ConfigError as RunConfigError
 from ravine._checks import format_validation_error
+from ravine._io import YAMLError, safe_yaml
 from ravine.bench.problems import ProblemSpec
 
 __all__ = [
@@ -320,11 +320,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from None
+        data = safe_yaml(text, str(path))
+    except YAMLError as exc:
+        raise ConfigError(str(exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top, got {type(data).__name__}")
     return data

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
+from ravine._io import safe_yaml
 from ravine.config import RunConfig, load_config, validate_config
 from ravine.diagnostics import DiagnosticsReport, report
 from ravine.train.checkpoint import CheckpointError, load_checkpoint
@@ -43,7 +43,10 @@ def _load(path: Path) -> tuple[RunConfig, Path]:
         config_path = path / "config.yaml"
         if not config_path.exists():
             raise ValueError(f"{path}: not a run directory (no config.yaml)")
-        raw = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        try:
+            raw = safe_yaml(config_path.read_text(encoding="utf-8"), str(config_path))
+        except UnicodeDecodeError:
+            raise ValueError(f"{config_path}: not UTF-8 text") from None
         if not isinstance(raw, dict) or "data" not in raw or "model" not in raw:
             raise ValueError(
                 f"{config_path}: has no data/model sections (the run was started from Python); "

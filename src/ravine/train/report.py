@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from ravine._io import safe_yaml
 from ravine.diagnostics.plots import plot_history
 from ravine.train.metrics import read_metrics
 
@@ -104,7 +103,8 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     root = Path(run_dir)
     epochs, steps, summary = read_metrics(root / "metrics.jsonl")
     config_path = root / "config.yaml"
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else {}
+    config = safe_yaml(config_path.read_text(encoding="utf-8"),
+                       str(config_path)) if config_path.exists() else {}
     config = config or {}
     plots = root / "plots"
     made: list[tuple[str, str]] = []
