@@ -326,3 +326,16 @@ def test_csv_and_tensorboard_loggers_write_beside_metrics_jsonl(tmp_path):
     assert any((tmp_path / "run" / "tensorboard").iterdir())
     with pytest.raises(ValueError, match="did you mean 'csv'"):
         fit(make_model(), (x, y), run_dir=tmp_path / "other", loggers=["cvs"], **SETTINGS)
+
+
+def test_fit_keywords_are_the_schema_and_run_control_with_the_schema_defaults():
+    import inspect
+
+    from ravine.train.options import RUN_CONTROL, FitOptions
+
+    params = {n: p for n, p in inspect.signature(fit).parameters.items()
+              if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    assert set(params) == set(FitOptions.model_fields) | set(RUN_CONTROL) | {"test"}
+    defaults = FitOptions.from_kwargs(**{n: params[n].default
+                                         for n in FitOptions.model_fields}).describe()
+    assert defaults == FitOptions().describe()

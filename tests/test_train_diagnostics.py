@@ -11,6 +11,7 @@ import yaml
 from ravine import data, fit, models, optim
 from ravine.commands import main
 from ravine.commands.diagnose import diagnose_run
+from ravine.data.sources import fixed_examples
 from ravine.train.checkpoint import load_checkpoint
 from ravine.train.monitoring import DiagnosticsSchedule
 
@@ -69,7 +70,8 @@ def test_recorded_lambda_max_matches_exact_hessian_at_true_parameters(digits):
     record = result.history[-1]
     assert "diag_lambda_max" in record and "diag_lambda_max" not in result.history[0]
     # fit returns the model at the true θ; the measurement was taken there.
-    x, y = schedule.subset(digits.train.x, digits.train.y, seed=3)
+    idx = fixed_examples(len(digits.train), schedule.examples, seed=3)
+    x, y = digits.train.x[idx], digits.train.y[idx]
     lmax, lmin = exact_extremes(result.model, x, y)
     assert record["diag_lambda_max"] == pytest.approx(lmax, rel=1e-3)
     assert record["diag_lambda_min"] == pytest.approx(lmin, rel=1e-2, abs=1e-4 * lmax)

@@ -55,7 +55,7 @@ from torch.utils.data._utils.collate import default_collate
 
 from ravine._validate import check_int
 from ravine.data.arrays import ArrayDataset, _IndexLists
-from ravine.data.batching import EpochBatches, RandomBatches, batches
+from ravine.data.batching import EpochBatches, RandomBatches, _derived_seed, batches
 
 __all__ = [
     "Source",
@@ -69,6 +69,7 @@ __all__ = [
     "to_device",
     "batch_examples",
     "first_item",
+    "fixed_examples",
     "EVAL_BATCH_SIZE",
 ]
 
@@ -82,8 +83,7 @@ def to_device(batch: Any, device: torch.device, non_blocking: bool = False) -> A
     if isinstance(batch, Tensor):
         return batch.to(device, non_blocking=non_blocking)
     if isinstance(batch, Mapping):
-        return type(batch)({k: to_device(v, device, non_blocking) for k, v in batch.items()}) \
-            if not hasattr(batch, "_fields") else batch
+        return type(batch)({k: to_device(v, device, non_blocking) for k, v in batch.items()})
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):  # namedtuple
         return type(batch)(*(to_device(v, device, non_blocking) for v in batch))
     if isinstance(batch, (list, tuple)):
@@ -176,8 +176,6 @@ class Source:
     epoch: int
     position: int
     accumulate: int
-    #: whether ``state_dict`` resumes without re-reading data (see the module docstring)
-    replays: bool = False
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -194,6 +192,16 @@ class Source:
     def examples(self, count: int, seed: int) -> Any:
         """A fixed set of about ``count`` training examples as one batch (for diagnostics)."""
         raise NotImplementedError
+
+
+def fixed_examples(n: int, count: int, seed: int) -> Tensor:
+    """The indices of the fixed set of ``count`` examples (of ``n``) that diagnostics measure:
+    drawn once from ``seed``, the same for tensors and for a Dataset; all of them, in order,
+    when ``count >= n``."""
+    if count >= n:
+        return torch.arange(n)
+    generator = torch.Generator().manual_seed(seed + 7919)
+    return torch.randperm(n, generator=generator)[:count]
 
 
 def _micro(idx: Tensor, k: int) -> list[Tensor]:
@@ -257,11 +265,9 @@ class TensorSource(_IndexedSource):
             yield x[idx], y[idx]
 
     def examples(self, count: int, seed: int) -> tuple[Tensor, Tensor]:
-        n = self.x.shape[0]
-        if count >= n:
+        if count >= self.x.shape[0]:
             return self.x, self.y
-        gen = torch.Generator().manual_seed(seed + 7919)
-        idx = torch.randperm(n, generator=gen)[:count].to(self.x.device)
+        idx = fixed_examples(self.x.shape[0], count, seed).to(self.x.device)
         return self.x[idx], self.y[idx]
 
 
@@ -280,20 +286,14 @@ class MapSource(_IndexedSource):
 
     def _load(self, index_batches: Iterator[Tensor]) -> Iterator[Any]:
         loader = self.options.build(
-            self.dataset, _epoch_seed(self.seed, self.sampler.epoch),
+            self.dataset, _derived_seed(self.seed, self.sampler.epoch),
             batch_sampler=_IndexLists(index_batches),
         )
         yield from loader
 
     def examples(self, count: int, seed: int) -> Any:
-        n = len(self.dataset)  # type: ignore[arg-type]
-        gen = torch.Generator().manual_seed(seed + 7919)
-        idx = torch.randperm(n, generator=gen)[: min(count, n)].tolist()
-        return default_collate([self.dataset[i] for i in idx])
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(torch.Generator().manual_seed(seed * 1_000_003 + epoch).initial_seed())
+        idx = fixed_examples(len(self.dataset), count, seed)  # type: ignore[arg-type]
+        return default_collate([self.dataset[i] for i in idx.tolist()])
 
 
 class LoaderSource(Source):
@@ -304,8 +304,6 @@ class LoaderSource(Source):
     an ``IterableDataset``): one iterator runs on across epochs, reopened when exhausted; an
     epoch is ``steps_per_epoch`` steps. Resume replays (module docstring).
     """
-
-    replays = True
 
     def __init__(self, loader: Iterable[Any], accumulate: int = 1,
                  steps_per_epoch: int | None = None) -> None:

@@ -18,7 +18,6 @@ import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from ravine._validate import check_int, check_positive
@@ -86,15 +85,6 @@ class DiagnosticsSchedule:
     def due(self, epoch: int) -> bool:
         """Whether to measure after ``epoch`` (1-based)."""
         return epoch % self.every == 0
-
-    def subset(self, x: Tensor, y: Tensor, seed: int) -> tuple[Tensor, Tensor]:
-        """The fixed training subset: ``examples`` indices drawn once from ``seed``."""
-        n = x.shape[0]
-        if self.examples >= n:
-            return x, y
-        gen = torch.Generator().manual_seed(seed + 7919)
-        idx = torch.randperm(n, generator=gen)[: self.examples].to(x.device)
-        return x[idx], y[idx]
 
     def measure(
         self,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -474,17 +473,3 @@ class FitOptions(Section):
         if self.early_stopping is None:
             return EarlyStopping(default_monitor, patience=None, restore_best=False)
         return self.early_stopping.tracker(default_monitor)
-
-
-def fit_signature_names() -> list[str]:
-    """The keyword names :func:`ravine.fit` must accept: the schema's plus run control."""
-    return [*FitOptions.model_fields, *RUN_CONTROL]
-
-
-def _check_signature(fn: Callable[..., Any]) -> None:
-    """Raise ``TypeError`` if ``fn``'s keyword-only parameters drift from the schema."""
-    params = inspect.signature(fn).parameters
-    named = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    missing = set(fit_signature_names()) - named
-    if missing:
-        raise TypeError(f"fit lacks the options {sorted(missing)}")
