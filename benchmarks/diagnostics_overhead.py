@@ -21,7 +21,7 @@ import torch
 
 from ravine import data, models
 from ravine.train import fit
-from ravine.train.monitoring import DiagnosticsSchedule
+from ravine.train.diagnostics_schedule import DiagnosticsSchedule
 
 RESULTS = Path(__file__).parent / "results" / "diagnostics_overhead.md"
 

@@ -13,7 +13,7 @@ from ravine.commands import main
 from ravine.commands.diagnose import diagnose_run
 from ravine.data.sources import fixed_examples
 from ravine.train.checkpoint import load_checkpoint
-from ravine.train.monitoring import DiagnosticsSchedule
+from ravine.train.diagnostics_schedule import DiagnosticsSchedule
 
 
 def exact_extremes(model, x, y) -> tuple[float, float]:

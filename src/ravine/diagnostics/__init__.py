@@ -26,16 +26,14 @@ Example::
 """
 
 from ravine.diagnostics.advice import advice, advice_markdown
-from ravine.diagnostics.hvp import HessianOperator, hvp
-from ravine.diagnostics.monitor import (
+from ravine.diagnostics.classify import (
     Classification,
     ClassifyThresholds,
-    DiagnosticsReport,
     classify,
     classify_numbers,
-    measure,
-    report,
 )
+from ravine.diagnostics.hvp import HessianOperator, hvp
+from ravine.diagnostics.measure import measure
 from ravine.diagnostics.noise import (
     GradientNoiseResult,
     GradientStatistics,
@@ -46,6 +44,7 @@ from ravine.diagnostics.noise import (
     per_example_gradients,
 )
 from ravine.diagnostics.plots import plot_gradient_noise, plot_history, plot_spectral_density
+from ravine.diagnostics.report import DiagnosticsReport, report
 from ravine.diagnostics.spectrum import (
     ExtremesResult,
     SpectralDensity,

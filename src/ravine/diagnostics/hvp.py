@@ -111,8 +111,10 @@ def checked_batch(batch: Any, index: int) -> Batch:
     for name, tensor in (("x", x), ("y", y)):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
-            raise ValueError(f"batch {index} of data: {name} holds {bad} non-finite values "
-                             "(NaN or inf); the curvature of such a loss is meaningless")
+            raise ValueError(
+                f"batch {index} of data: {name} holds {bad} non-finite values "
+                "(NaN or inf); the curvature of such a loss is meaningless"
+            )
     return x, y
 
 
@@ -247,8 +249,10 @@ class HessianOperator:
         self.names, self.params = trainable_parameters(model)
         for name, p in zip(self.names, self.params, strict=True):
             if not bool(torch.isfinite(p).all()):
-                raise ValueError(f"parameter {name!r} of the model holds non-finite values "
-                                 "(NaN or inf); there is no curvature to measure")
+                raise ValueError(
+                    f"parameter {name!r} of the model holds non-finite values "
+                    "(NaN or inf); there is no curvature to measure"
+                )
         self.shapes = [p.shape for p in self.params]
         self.numels = [p.numel() for p in self.params]
         self.dim = sum(self.numels)

@@ -40,11 +40,11 @@ from ravine.train.checkpoint import (
     load_checkpoint,
     rng_state,
 )
+from ravine.train.diagnostics_schedule import DiagnosticsSchedule
 from ravine.train.distributed import Communicator
 from ravine.train.early_stopping import EarlyStopping
 from ravine.train.loggers import CsvLogger, JsonlLogger, Logger, ResumePoint, make_loggers
 from ravine.train.metrics import Objective, loss_for, task_of
-from ravine.train.monitoring import DiagnosticsSchedule
 from ravine.train.options import FitOptions
 from ravine.train.progress import TrainingProgress
 from ravine.train.report import write_report

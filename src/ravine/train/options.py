@@ -33,8 +33,8 @@ from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ravine import optim, schedules
 from ravine._checks import ConfigError, check_options, suggest, validation_message
+from ravine.train.diagnostics_schedule import DiagnosticsSchedule
 from ravine.train.early_stopping import EarlyStopping
-from ravine.train.monitoring import DiagnosticsSchedule
 
 __all__ = [
     "FitOptions",
@@ -283,7 +283,8 @@ class FitOptions(Section):
             ``restore_best``, ``start_from_epoch``; :class:`ravine.train.EarlyStopping`).
             ``monitor`` defaults to ``"val_loss"`` (``"train_loss"`` without ``val``).
         diagnostics: curvature and gradient-noise measurements during training
-            (:mod:`ravine.train.monitoring`), e.g. ``{"every": 5, "what": ["lambda_max"]}``.
+            (:mod:`ravine.train.diagnostics_schedule`), e.g.
+            ``{"every": 5, "what": ["lambda_max"]}``.
         on_nonfinite: ``"stop"`` (raise :class:`NonFiniteLossError`) or ``"skip"`` (drop the
             step and go on).
     Run:

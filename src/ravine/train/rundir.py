@@ -23,7 +23,7 @@ __all__ = ["RunFiles", "RunLock", "RunDirInUse", "plain", "WRITTEN", "PLOTS"]
 #: Files of a run directory that training and ``ravine diagnose`` write (besides checkpoints).
 WRITTEN = ("config.yaml", "metrics.jsonl", "metrics.csv", "report.md", "diagnostics.json",
            "diagnostics.md")
-#: The plots they draw in ``plots/`` (train/report.py and diagnostics/monitor.py).
+#: The plots they draw in ``plots/`` (train/report.py and diagnostics/report.py).
 PLOTS = ("loss.png", "accuracy.png", "lr.png", "grad_norm.png", "diagnostics.png",
          "hessian_spectrum.png", "gradient_noise.png")
 

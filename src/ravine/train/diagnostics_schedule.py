@@ -21,6 +21,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from ravine._validate import check_int, check_positive
+from ravine.diagnostics.measure import check_what, measure
 
 __all__ = ["DiagnosticsSchedule", "DEFAULT_WHAT", "PREFIX"]
 
@@ -75,12 +76,10 @@ class DiagnosticsSchedule:
         return schedule
 
     def _validate(self) -> None:
-        from ravine.diagnostics.monitor import _check_what
-
         for name, minimum in (("every", 1), ("examples", 2), ("max_hvps", 1)):
             check_int(f"diagnostics.{name}", getattr(self, name), minimum)
         check_positive("diagnostics.tol", self.tol)
-        _check_what(self.what)
+        check_what(self.what)
 
     def due(self, epoch: int) -> bool:
         """Whether to measure after ``epoch`` (1-based)."""
@@ -97,8 +96,6 @@ class DiagnosticsSchedule:
         seed: int,
     ) -> dict[str, Any]:
         """Measure at the model's current parameters; keys carry the ``diag_`` prefix."""
-        from ravine.diagnostics import measure
-
         with warnings.catch_warnings():
             # Training-time measurements are in eval mode by design (documented above); the
             # per-call warning about batch norm / dropout would repeat every interval.
