@@ -564,6 +564,7 @@ def test_step_size_is_reproducible_and_refuses_foreign_parameters() -> None:
     train(opt, model, 2)
     first = step_size(model, LOSS, data, opt, seed=5, max_hvps=8)
     assert first == step_size(model, LOSS, data, opt, seed=5, max_hvps=8)
-    partial = optim.Adam(list(model.parameters())[1:])
-    with pytest.raises(ValueError, match="parameter '0.weight' of the model is not in the opt"):
-        step_size(model, LOSS, data, partial)
+    for make in (optim.Adam, optim.SGD):
+        partial = make(list(model.parameters())[1:])
+        with pytest.raises(ValueError, match="parameter '0.weight' of the model is not in the o"):
+            step_size(model, LOSS, data, partial)

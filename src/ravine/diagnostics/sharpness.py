@@ -696,6 +696,11 @@ def step_size(
     check_int("max_hvps", max_hvps, 1)
     view = optimizer_view(optimizer, lr=lr) if optimizer is not None else None
     op = HessianOperator(model, loss_fn, data, mode=mode, seed=seed)
+    if optimizer is not None:
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [n for n, p in zip(op.names, op.params, strict=True) if id(p) not in held]
+        if missing:
+            raise ValueError(f"parameter {missing[0]!r} of the model is not in the optimizer")
     loss, g = op.loss_and_gradient()
     adaptive = view is not None and view.adaptive
     out: dict[str, Any] = {"optimizer": "none" if view is None else view.kind, "adaptive": adaptive}
@@ -709,10 +714,6 @@ def step_size(
     direction = None
     if adaptive:
         assert view is not None
-        held = {id(p) for group in optimizer.param_groups for p in group["params"]}  # type: ignore[union-attr]
-        missing = [n for n, p in zip(op.names, op.params, strict=True) if id(p) not in held]
-        if missing:
-            raise ValueError(f"parameter {missing[0]!r} of the model is not in the optimizer")
         pre = view.preconditioner(op.params)
         out["preconditioner"] = "state"
         if pre is None:
