@@ -623,7 +623,7 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
     if ratio is None:
         return [], "step size: needs lr_ratio, or lr with lr_bound, sharpness or lambda_max"
     ctx.bound = bound
-    where = _bound_name(opt, momentum, kind == "preconditioned" or ctx.adaptive)
+    where = _bound_name(opt, momentum, kind == "preconditioned" or ctx.adaptive, bound)
     evidence: dict[str, Any] = {"lr": lr, "lr_bound": bound, "lr_ratio": ratio}
     if sharpness is not None:
         evidence["sharpness"] = sharpness
@@ -645,9 +645,8 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
             Finding(
                 "lr-too-high",
                 "critical",
-                f"The learning rate {lr_text} is {_fmt(ratio)}x the stability bound {where} "
-                f"({_fmt(bound) if bound is not None else '?'}): training diverges along the "
-                f"sharpest direction. Lower it {target}.{edge}{limiting}",
+                f"The learning rate {lr_text} is {_fmt(ratio)}x {where}: training diverges "
+                f"along the sharpest direction. Lower it {target}.{edge}{limiting}",
                 evidence,
                 fix,
                 layer=str(layer) if layer else None,
@@ -677,9 +676,9 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
                     Finding(
                         "lr-too-low",
                         "warning",
-                        f"The learning rate {_fmt(lr)} is only {_fmt(ratio)} of the stability "
-                        f"bound {where} ({_fmt(bound)}){star}: steps are needlessly short. Raise "
-                        f"it to about {_fmt(target)} (and measure the sharpness again).",
+                        f"The learning rate {_fmt(lr)} is only {_fmt(ratio)} of {where}{star}: "
+                        f"steps are needlessly short. Raise it to about {_fmt(target)} (and "
+                        "measure the sharpness again).",
                         evidence,
                         {"lr": target},
                         score=th.lr_low / max(ratio, 1e-300),
@@ -688,16 +687,21 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
     return [], ""
 
 
-def _bound_name(opt: str, momentum: float, preconditioned: bool) -> str:
+def _bound_name(opt: str, momentum: float, preconditioned: bool, bound: float | None) -> str:
+    """ "the stability bound 2(1+α)/λmax = 3.8 (heavy-ball momentum, α = 0.9)": the value right
+    after its formula, the hyperparameters in brackets, so no "α = 0.9 = 3.8" chain appears."""
     lam = "λmax(P⁻¹ᐟ²HP⁻¹ᐟ²)" if preconditioned else "λmax"
     a = _fmt(momentum)
     if opt == "momentum":
-        return f"2(1+α)/{lam} (heavy-ball momentum, α {a})"
-    if opt in ("nesterov", "rmsprop-nesterov"):
-        return f"2(1+α)/((1+2α){lam}) (Nesterov momentum, α {a})"
-    if opt in ("adam", "adamw"):
-        return f"(2+2β1)/((1−β1){lam}) (β1 {a})"
-    return f"2/{lam}"
+        formula, note = f"2(1+α)/{lam}", f" (heavy-ball momentum, α = {a})"
+    elif opt in ("nesterov", "rmsprop-nesterov"):
+        formula, note = f"2(1+α)/((1+2α)·{lam})", f" (Nesterov momentum, α = {a})"
+    elif opt in ("adam", "adamw"):
+        formula, note = f"(2+2β1)/((1−β1)·{lam})", f" (Adam, β1 = {a})"
+    else:
+        formula, note = f"2/{lam}", ""
+    value = f" = {_fmt(bound)}" if bound is not None else ""
+    return f"the stability bound {formula}{value}{note}"
 
 
 def _conditioning(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Finding], str]:
@@ -773,6 +777,7 @@ def _batch(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
     low = b if low is None else low
     high = b if high is None else high
     evidence = {"batch_size": m, "b_simple": b, "b_simple_low": low, "b_simple_high": high}
+    interval = f" (interval {_fmt(low)}–{_fmt(high)})" if low != b or high != b else ""
     cap = n.num("n_examples")
     suggested = max(1, round(b))
     if cap is not None:
@@ -781,14 +786,14 @@ def _batch(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
         code, score = "batch-too-small", low / (th.batch_factor * m)
         text = (
             f"The batch size {int(m)} is far below the gradient noise scale B_simple ≈ "
-            f"{_fmt(b)} (interval {_fmt(low)}–{_fmt(high)}): minibatch gradients are dominated "
+            f"{_fmt(b)}{interval}: minibatch gradients are dominated "
             f"by noise. A batch near {suggested} cuts the number of steps almost proportionally"
         )
     elif m > th.batch_factor * high:
         code, score = "batch-too-large", m / (th.batch_factor * high)
         text = (
             f"The batch size {int(m)} is far above the gradient noise scale B_simple ≈ "
-            f"{_fmt(b)} (interval {_fmt(low)}–{_fmt(high)}): larger batches barely reduce the "
+            f"{_fmt(b)}{interval}: larger batches barely reduce the "
             f"number of steps here. A batch near {suggested} with more steps gives the same "
             "progress for less compute"
         )
@@ -804,8 +809,12 @@ def _batch(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
         # Never move the learning rate against the step-size finding.
         if not ((scaled < lr and ctx.lr_up) or (scaled > lr and ctx.lr_down)):
             fix["lr"] = scaled
-            rule = "square root of" if ctx.adaptive else ""
-            text += f", with the learning rate scaled with the {rule} batch to {_fmt(scaled)}"
+            ctx.lr_up, ctx.lr_down = ctx.lr_up or scaled > lr, ctx.lr_down or scaled < lr
+            rule = (
+                "with the square root of the batch" if ctx.adaptive else "linearly with the batch"
+            )
+            capped = " (capped at half the stability bound)" if scaled < lr * factor else ""
+            text += f", with the learning rate scaled {rule} to {_fmt(scaled)}{capped}"
     return [Finding(code, "warning", text + ".", evidence, fix, score=score)], ""
 
 
@@ -815,7 +824,7 @@ def _point(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
     if loss is None or g2 is None or lmax is None or lmin is None:
         label = n.raw.get("label")
         if label in ("saddle", "flat"):
-            return [_point_finding(str(label), {"label": label}, 1.0, "")], ""
+            return [_point_finding(str(label), {"label": label}, 1.0, "", ctx)], ""
         return [], "saddle/flat: needs loss, grad_sq_norm (or grad_norm), lambda_max, lambda_min"
     theta = n.num("param_norm")
     trace_sigma = n.num("trace_sigma")
@@ -824,7 +833,7 @@ def _point(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
         worst = max(sens.values())
         if worst <= th.flat:
             evidence = {"loss": loss, "grad_sq_norm": g2, "lambda_max": lmax, **sens}
-            return [_point_finding("flat", evidence, th.flat / max(worst, 1e-300), "")], ""
+            return [_point_finding("flat", evidence, th.flat / max(worst, 1e-300), "", ctx)], ""
     residual = n.num("lambda_min_residual")
     if residual is None:
         residual = n.num("residual_min")
@@ -843,22 +852,25 @@ def _point(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
         if residual is not None:
             evidence["lambda_min_residual"] = residual
         score = abs(lmin) / (th.saddle_negative * abs(lmax)) if lmax else math.inf
-        return [_point_finding("saddle", evidence, score, _fmt(lmin))], ""
+        return [_point_finding("saddle", evidence, score, _fmt(lmin), ctx)], ""
     return [], ""
 
 
-def _point_finding(code: str, evidence: dict[str, Any], score: float, lmin: str) -> Finding:
+def _point_finding(
+    code: str, evidence: dict[str, Any], score: float, lmin: str, ctx: _Context
+) -> Finding:
     if code == "flat":
+        larger = "" if ctx.lr_down else " or a larger learning rate"
         message = (
             "The loss is nearly flat here: gradient, per-example spread and curvature are all "
             "tiny relative to the loss. Check for saturated activations or dead units; better "
-            "initialization, normalization layers or a larger learning rate help."
+            f"initialization, normalization layers{larger} help."
         )
     else:
         progress = evidence.get("gradient_progress")
         numbers = (
-            f" (λmin = {lmin}, {_fmt(evidence['negative_ratio'])} of λmax; a gradient step "
-            f"removes at most {_fmt(progress)} of the loss)"
+            f" (λmin = {lmin}, {_fmt(evidence['negative_ratio'])}·λmax; one gradient step "
+            f"removes at most a fraction {_fmt(progress)} of the loss)"
             if progress is not None
             else ""
         )
@@ -922,9 +934,10 @@ def _exploding(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
     if not reasons:
         return [], ""
     fix: dict[str, Any] = {}
-    action = "Lower the learning rate or add normalization layers."
-    if ctx.lr_up:
-        action = "Add normalization layers or a better initialization."
+    action = "Add normalization layers or a better initialization."
+    if not ctx.lr_up:
+        action = "Lower the learning rate or add normalization layers."
+        ctx.lr_down = True
     if ctx.typical_norm:
         fix = {"clip_norm": ctx.typical_norm}
         evidence["median_grad_norm"] = ctx.typical_norm
@@ -954,14 +967,15 @@ def _dead(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Findi
         return [], ""
     worst = sorted(by_layer.items(), key=lambda kv: -kv[1])[:3]
     named = ", ".join(f"{k} {100 * v:.3g}%" for k, v in worst)
+    lower = "" if ctx.lr_up else ", a lower learning rate"
     where = f" (worst: {named})" if named else ""
     return [
         Finding(
             "dead-units",
             "warning",
             f"{100 * overall:.3g}% of the ReLU units are zero on every example{where}: they get "
-            "no gradient and never recover. Use a smooth activation (GELU), a lower learning "
-            "rate or normalization before the activation.",
+            f"no gradient and never recover. Use a smooth activation (GELU){lower} or "
+            "normalization before the activation.",
             {"dead_fraction": overall, **({"dead_by_layer": by_layer} if by_layer else {})},
             {"activation": "gelu"},
             layer=worst[0][0] if worst else None,
