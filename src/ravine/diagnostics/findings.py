@@ -39,9 +39,11 @@ Rules (thresholds are the fields of :class:`FindingThresholds`; sources in brack
 ``ill-conditioned`` (warning)
     ``κ = λmax/λmin > ill_conditioned`` with ``λmin > 0`` [lecture, "Conditioning": GD needs O(κ)
     steps on a quadratic, momentum O(√κ)], or the chapter's own test [Goodfellow et al. 2016,
-    §8.2.1, eq. 8.10]: a step −εg changes the loss by ``½ε²gᵀHg − εgᵀg``; when the second-order
-    term exceeds ``ill_second_order`` times the first although ε is within the stability bound,
-    the gradient lies in the sharp directions and the flat ones starve. Fix: momentum for SGD
+    §8.2.1, eq. 8.10]: a step −εg changes the loss by ``½ε²gᵀHg − εgᵀg``. The ratio of the two
+    terms is ``ε/(2ε*)`` and at most ``ελmax/2 <= 1`` within the SGD bound, so the rule fires when
+    it exceeds ``ill_second_order`` (0.5: the step overshoots the best step ε* along the gradient)
+    although ε is within the stability bound: the gradient lies in the sharp directions, and the
+    flat ones get steps of relative size ελ ≪ 1. Fix: momentum for SGD
     [lecture, "Momentum"], an adaptive method for momentum [lecture, "Adaptive Step Sizes"].
 ``saddle`` (warning)
     Significant negative curvature, ``λmin < −saddle_negative · λmax`` and ``|λmin|`` above its
@@ -130,7 +132,7 @@ CODES: dict[str, tuple[str, str]] = {
         "lecture 'ERM Gradient Properties'; McCandlish et al. 2018",
     ),
     "ill-conditioned": (
-        "κ > ill_conditioned with λmin > 0, or ½ε²gᵀHg > ill_second_order · εgᵀg within the bound",
+        "κ > ill_conditioned with λmin > 0, or ½ε²gᵀHg > ill_second_order · εgᵀg within bound",
         "lecture 'Conditioning', 'Momentum'; Goodfellow et al. 2016 §8.2.1 eq. 8.10",
     ),
     "saddle": (
@@ -271,7 +273,7 @@ class FindingThresholds:
         safe_fraction: suggested learning rates are at most this fraction of ``lr_bound``.
         batch_factor: how far (as a factor) the batch must be from the B_simple interval.
         ill_conditioned: κ above which a positive-definite Hessian is ill-conditioned.
-        ill_second_order: ``½ε²gᵀHg / εgᵀg`` above which the gradient step is curvature-bound.
+        ill_second_order: ``½ε²gᵀHg / εgᵀg = ε/(2ε*)`` above which the step is curvature-bound.
         saddle_negative: τ of ``λmin < −τ·λmax`` (well above round-off and Lanczos error).
         saddle_gradient: largest descent-lemma fraction ``|G|²/(2λ(L − loss_floor))`` of a saddle.
         loss_floor: the smallest loss the model can reach (0 for cross-entropy and MSE).
@@ -289,7 +291,7 @@ class FindingThresholds:
     safe_fraction: float = 0.5
     batch_factor: float = 10.0
     ill_conditioned: float = ILL_CONDITIONED
-    ill_second_order: float = 1.0
+    ill_second_order: float = 0.5
     saddle_negative: float = SADDLE_NEGATIVE
     saddle_gradient: float = SADDLE_GRADIENT
     loss_floor: float = 0.0
@@ -737,8 +739,8 @@ def _conditioning(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[li
         score = max(score, dominance / th.ill_second_order)
         reasons.append(
             f"a step −εg changes the loss by ½ε²gᵀHg − εgᵀg with the second-order term "
-            f"{_fmt(dominance)}x the first although ε is within the stability bound: the gradient "
-            "points along the sharp directions"
+            f"{_fmt(dominance)} of the first although ε is within the stability bound: the "
+            "gradient points along the sharp directions"
         )
     if kappa is None and dominance is None:
         return [], "ill-conditioned: needs condition_number with lambda_min, or gTg, gHg and lr"
@@ -861,6 +863,7 @@ def _point_finding(
 ) -> Finding:
     if code == "flat":
         larger = "" if ctx.lr_down else " or a larger learning rate"
+        ctx.lr_up = ctx.lr_up or not ctx.lr_down
         message = (
             "The loss is nearly flat here: gradient, per-example spread and curvature are all "
             "tiny relative to the loss. Check for saturated activations or dead units; better "
