@@ -474,6 +474,7 @@ def test_known_keys_cover_measure():
         batch_size=8,
         max_hvps=20,
         trace_hvps=3,
+        backend="double-backward",
     )
     assert set(out) <= KNOWN_KEYS
     assert isinstance(find(out), list)
