@@ -561,3 +561,23 @@ def test_two_layer_linear_net_near_zero_is_a_saddle(init):
         assert eig[0] == pytest.approx(-eig[-1], rel=1e-10)
     keys = ("loss", "grad_sq_norm", "lambda_max", "lambda_min", "param_norm", "trace_sigma")
     assert "saddle" in codes({k: result.numbers[k] for k in keys})
+
+
+@pytest.mark.parametrize("name", ["momentum", "adam"])
+def test_known_keys_cover_step_size(name):
+    # diagnostics.sharpness (merged separately) produces the step-size keys.
+    sharpness = pytest.importorskip("ravine.diagnostics.sharpness")
+    from ravine import optim
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+    g = torch.Generator().manual_seed(1)
+    batch = (
+        torch.randn(20, 3, generator=g, dtype=torch.float64),
+        torch.randint(0, 2, (20,), generator=g),
+    )
+    opt = optim.create(name, model.parameters(), lr=0.01)
+    out = sharpness.step_size(model, nn.CrossEntropyLoss(), batch, opt, max_hvps=20)
+    assert set(out) <= KNOWN_KEYS
+    diagnosis = Diagnosis.from_numbers(out)
+    assert not any("step size" in s for s in diagnosis.skipped)

@@ -187,9 +187,13 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "lr_times_lambda_max",
         "gTg",
         "gHg",
+        "gTd",
+        "dHd",
         "first_order",
         "second_order",
+        "predicted_change",
         "lr_star",
+        "preconditioner",
         "batch_size",
         "clip_norm",
         "clip_fraction",
@@ -445,7 +449,8 @@ class Diagnosis:
 def lr_bound(sharpness: float, optimizer: str = "sgd", momentum: float = 0.0) -> float:
     """The largest stable step size on a quadratic of the given (preconditioned) sharpness.
 
-    ``2/λ`` for SGD, AdaGrad and RMSProp; ``2(1+α)/λ`` for heavy-ball momentum (Algorithm 8.2);
+    ``2/λ`` for SGD and AdaGrad; ``2(1+α)/λ`` for heavy-ball momentum (Algorithm 8.2; also
+    RMSProp with torch's momentum α, 0 by default);
     ``2(1+α)/((1+2α)λ)`` for Nesterov momentum (Algorithm 8.3, also RMSProp-Nesterov's
     preconditioned form); ``(2+2β1)/((1−β1)λ)`` for Adam/AdamW with ``momentum = β1`` (Cohen et
     al. 2022). ``inf`` when ``sharpness <= 0`` (no positive curvature bounds the step).
@@ -453,7 +458,7 @@ def lr_bound(sharpness: float, optimizer: str = "sgd", momentum: float = 0.0) ->
     if sharpness <= 0:
         return math.inf
     a = momentum
-    if optimizer == "momentum":
+    if optimizer in ("momentum", "rmsprop"):
         return 2 * (1 + a) / sharpness
     if optimizer in ("nesterov", "rmsprop-nesterov"):
         return 2 * (1 + a) / ((1 + 2 * a) * sharpness)
@@ -656,7 +661,7 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
             )
         ], ""
     lr_star = n.num("lr_star")
-    if lr_star is None:
+    if lr_star is None and not ctx.adaptive:
         g_tg, g_hg = n.num("gTg"), n.num("gHg")
         if g_tg is not None and g_hg is not None and g_hg > 0:
             lr_star = g_tg / g_hg
@@ -722,15 +727,17 @@ def _conditioning(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[li
             "quadratic, momentum O(√κ)"
         )
     # The chapter's test: second- over first-order change of the loss along −εg.
+    # first_order/second_order are along the optimizer's step direction (P⁻¹g for adaptive
+    # methods); gTg/gHg with lr give the same for the SGD family only.
     lr = ctx.lr
     g_tg, g_hg = n.num("gTg"), n.num("gHg")
+    first, second = n.num("first_order"), n.num("second_order")
     dominance = None
-    if lr is not None and g_tg is not None and g_hg is not None and g_tg > 0:
-        dominance = lr * g_hg / (2 * g_tg)
-    else:
-        first, second = n.num("first_order"), n.num("second_order")
-        if first is not None and second is not None and first != 0:
-            dominance = second / abs(first)
+    if first is not None and second is not None and first != 0:
+        dominance = second / abs(first)
+    elif lr is not None and g_tg is not None and g_hg is not None and g_tg > 0:
+        if not ctx.adaptive:
+            dominance = lr * g_hg / (2 * g_tg)
     if dominance is not None and dominance > th.ill_second_order and not ctx.lr_down:
         evidence.update(second_over_first=dominance)
         for key in ("gTg", "gHg", "first_order", "second_order", "lr_star"):
