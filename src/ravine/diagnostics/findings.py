@@ -446,20 +446,23 @@ class Diagnosis:
 # --------------------------------------------------------------------------- shared formulas
 
 
-def lr_bound(sharpness: float, optimizer: str = "sgd", momentum: float = 0.0) -> float:
+def lr_bound(
+    sharpness: float, optimizer: str = "sgd", momentum: float = 0.0, dampening: float = 0.0
+) -> float:
     """The largest stable step size on a quadratic of the given (preconditioned) sharpness.
 
     ``2/λ`` for SGD and AdaGrad; ``2(1+α)/λ`` for heavy-ball momentum (Algorithm 8.2; also
     RMSProp with torch's momentum α, 0 by default);
     ``2(1+α)/((1+2α)λ)`` for Nesterov momentum (Algorithm 8.3, also RMSProp-Nesterov's
     preconditioned form); ``(2+2β1)/((1−β1)λ)`` for Adam/AdamW with ``momentum = β1`` (Cohen et
-    al. 2022). ``inf`` when ``sharpness <= 0`` (no positive curvature bounds the step).
+    al. 2022). ``dampening`` d (torch SGD's) divides the momentum bound by ``1 - d``. ``inf`` when
+    ``sharpness <= 0`` (no positive curvature bounds the step) or ``d >= 1``.
     """
     if sharpness <= 0:
         return math.inf
     a = momentum
     if optimizer in ("momentum", "rmsprop"):
-        return 2 * (1 + a) / sharpness
+        return math.inf if dampening >= 1 else 2 * (1 + a) / ((1 - dampening) * sharpness)
     if optimizer in ("nesterov", "rmsprop-nesterov"):
         return 2 * (1 + a) / ((1 + 2 * a) * sharpness)
     if optimizer in ("adam", "adamw"):

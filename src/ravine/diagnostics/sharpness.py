@@ -63,6 +63,7 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from ravine._validate import check_int, check_positive
+from ravine.diagnostics.findings import lr_bound
 from ravine.diagnostics.hvp import HessianOperator, LossFn
 from ravine.diagnostics.spectrum import ExtremesResult, operator_extremes
 from ravine.optim import (
@@ -402,20 +403,9 @@ def stability_bound(view: OptimizerView | None, sharpness: float) -> float:
         or not math.isfinite(sharpness)
     ):
         raise ValueError(f"sharpness must be a finite number, got {sharpness!r}")
-    if sharpness <= 0:
-        return math.inf
     if view is None:
-        return 2.0 / sharpness
-    a = view.momentum
-    if view.kind in ("sgd", "adagrad"):
-        return 2.0 / sharpness
-    if view.kind in ("momentum", "rmsprop"):
-        if view.dampening >= 1:
-            return math.inf
-        return 2.0 * (1 + a) / ((1 - view.dampening) * sharpness)
-    if view.kind in ("nesterov", "rmsprop-nesterov"):
-        return 2.0 * (1 + a) / ((1 + 2 * a) * sharpness)
-    return 2.0 * (1 + a) / ((1 - a) * sharpness)
+        return lr_bound(sharpness)
+    return lr_bound(sharpness, view.kind, view.momentum, view.dampening)
 
 
 # ---------------------------------------------------------------------------- preconditioned
