@@ -33,8 +33,14 @@ import torch
 from torch import Tensor, nn
 
 from ravine._validate import check_int
-from ravine.diagnostics.hvp import MODES, as_batches, batch_rng, check_choice, checked_batch
-from ravine.diagnostics.hvp import model_mode
+from ravine.diagnostics.hvp import (
+    MODES,
+    as_batches,
+    batch_rng,
+    check_choice,
+    checked_batch,
+    model_mode,
+)
 
 __all__ = ["DeadUnits", "dead_units", "HOOKED"]
 
