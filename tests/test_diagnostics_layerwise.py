@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 from torch.nn import functional as F
+from torch.nn.utils import parametrize
 
 from ravine import optim
 from ravine.diagnostics import gradient_statistics
@@ -517,3 +518,43 @@ def test_hooks_removed_and_mode_restored_also_on_error():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert dead_units(model, (x, y), mode="train").hooked_layers == 1
+
+
+class _WeightNormByHand(nn.Module):
+    """w = g v / |v| per output row, from differentiable primitives.
+
+    (torch's own weight_norm parametrization calls ``torch._weight_norm``, whose double backward
+    gives an asymmetric, wrong Hessian on torch 2.13 CPU, so it cannot serve as a reference.)
+    """
+
+    def forward(self, g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return g * v / v.norm(dim=1, keepdim=True)
+
+    def right_inverse(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return w.norm(dim=1, keepdim=True), w
+
+
+def test_parametrized_weights_belong_to_their_layer():
+    model = mlp(seed=7)
+    for layer in (model.net[0], model.net[2]):
+        parametrize.register_parametrization(layer, "weight", _WeightNormByHand(), unsafe=True)
+    x, y = data(30, seed=6)
+    hessian = dense_hessian(model, x, y)
+    owners = np.array(
+        [
+            name.split(".parametrizations.")[0]
+            if ".parametrizations." in name
+            else name.rsplit(".", 1)[0]
+            for name, p in model.named_parameters()
+            for _ in range(p.numel())
+        ]
+    )
+    assert np.abs(hessian - hessian.T).max() < 1e-12
+    result = layerwise(model, LOSS, (x, y), tol=1e-8, trace_hvps=100)
+    assert [row.name for row in result.rows] == ["net.0", "net.2"]
+    for row in result.rows:
+        idx = np.flatnonzero(owners == row.name)
+        block = hessian[np.ix_(idx, idx)]
+        assert row.n_params == len(idx) == block.shape[0]
+        assert row.lambda_max == pytest.approx(np.linalg.eigvalsh(block)[-1], rel=1e-6)
+        assert row.trace == pytest.approx(np.trace(block), rel=1e-10)

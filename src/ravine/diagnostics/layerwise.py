@@ -37,7 +37,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -321,8 +321,20 @@ def _noise_moments(grads: Tensor) -> tuple[float, float]:
     return grad_sq, trace
 
 
-def _ratio(trace: float, grad_sq: float) -> float:
-    return trace / grad_sq if grad_sq > 0 else math.inf
+def _noise_scale(trace_sigma: float, grad_sq: float) -> float:
+    """``tr Σ / |G|²``, inf when ``G = 0`` (as in ``gradient_statistics``)."""
+    return trace_sigma / grad_sq if grad_sq > 0 else math.inf
+
+
+def _update_ratio(step: float, weight: float) -> float:
+    """``|Δθ| / |θ|``; a zero block that moves has ratio inf, one that stays has 0."""
+    if weight > 0:
+        return step / weight
+    return 0.0 if step == 0 else math.inf
+
+
+def _norm(tensors: Sequence[Tensor], members: Sequence[int]) -> float:
+    return math.sqrt(sum(float(tensors[i].double().pow(2).sum()) for i in members))
 
 
 def _next_step(
@@ -439,10 +451,10 @@ def layerwise(
         weights, after = _next_step(model, optimizer, loss_fn, batches, params, mode, seed)
         deltas = [a - b for a, b in zip(after, weights, strict=True)]
 
-    measured = []
+    rows = []
     for index, (name, members) in enumerate(blocks):
         positions = _positions(members, op.numels, op.device)
-        curvature = _block_curvature(
+        lmax, converged, trace, exact, stderr, hvps = _block_curvature(
             op,
             positions,
             tol=tol,
@@ -450,20 +462,9 @@ def layerwise(
             trace_hvps=trace_hvps,
             seed=_block_seed(seed, index),
         )
-        weight_norm = math.sqrt(sum(float(weights[i].double().pow(2).sum()) for i in members))
-        ratio = None
-        if deltas is not None:
-            step = math.sqrt(sum(float(deltas[i].double().pow(2).sum()) for i in members))
-            ratio = step / weight_norm if weight_norm > 0 else (0.0 if step == 0 else math.inf)
         grad_sq, trace_sigma = _noise_moments(per_example[:, positions.to(per_example.device)])
-        measured.append(
-            (name, members, curvature, weight_norm, ratio, _ratio(trace_sigma, grad_sq), positions)
-        )
-
-    total_trace = sum(curvature[2] for _, _, curvature, *_ in measured)
-    rows = []
-    for name, _members, curvature, weight_norm, ratio, b_simple, positions in measured:
-        lmax, converged, trace, exact, stderr, hvps = curvature
+        weight_norm = _norm(weights, members)
+        ratio = None if deltas is None else _update_ratio(_norm(deltas, members), weight_norm)
         rows.append(
             LayerRow(
                 name=name,
@@ -473,14 +474,16 @@ def layerwise(
                 trace=trace,
                 trace_exact=exact,
                 trace_stderr=stderr,
-                trace_share=trace / total_trace if total_trace != 0 else math.nan,
+                trace_share=math.nan,  # set below, once all traces are known
                 grad_norm=float(torch.linalg.vector_norm(gradient[positions])),
                 weight_norm=weight_norm,
                 update_ratio=ratio,
-                b_simple=b_simple,
+                b_simple=_noise_scale(trace_sigma, grad_sq),
                 hvps=hvps,
             )
         )
+    total = sum(row.trace for row in rows)
+    rows = [replace(row, trace_share=row.trace / total if total else math.nan) for row in rows]
     return LayerwiseResult(rows=rows, loss=loss, hvps=op.hvps, by=by)
 
 
@@ -585,7 +588,7 @@ def b_simple_interval(
         ratios = np.where(resampled_grad_sq > 0, resampled_trace / resampled_grad_sq, math.inf)
     tail = (1 - level) / 2
     low, high = np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf")
-    return _ratio(trace, grad_sq), float(low), float(high)
+    return _noise_scale(trace, grad_sq), float(low), float(high)
 
 
 # ---------------------------------------------------------------------------- plot
