@@ -313,19 +313,37 @@ def test_block_b_simple_equals_direct_per_example_computation():
 
 def test_b_simple_interval_estimate_contains_and_is_deterministic():
     model, (x, y) = mlp(seed=6), data(200, seed=9)
+    n = 200
     estimate, low, high = b_simple_interval(model, LOSS, (x, y), n_boot=300, seed=3)
-    assert estimate == pytest.approx(gradient_statistics(model, LOSS, (x, y)).b_simple, rel=1e-10)
+    # The unbiased parts of McCandlish et al. (A.1 with B_small = 1, B_big = N), from the
+    # dataset statistics computed by gradient_statistics.
+    stats = gradient_statistics(model, LOSS, (x, y))
+    unbiased = (stats.trace_sigma * n / (n - 1)) / (
+        stats.grad_sq_norm - stats.trace_sigma / (n - 1)
+    )
+    assert estimate == pytest.approx(unbiased, rel=1e-10)
+    assert estimate > stats.b_simple
     assert low < estimate < high < math.inf
     assert b_simple_interval(model, LOSS, (x, y), n_boot=300, seed=3) == (estimate, low, high)
     assert b_simple_interval(model, LOSS, (x, y), n_boot=300, seed=4) != (estimate, low, high)
     _, narrow_low, narrow_high = b_simple_interval(
         model, LOSS, (x, y), n_boot=300, level=0.5, seed=3
     )
-    assert low <= narrow_low <= narrow_high <= high
+    assert low <= narrow_low <= estimate <= narrow_high <= high
     parts = [(x[:70], y[:70]), (x[70:], y[70:])]
-    assert b_simple_interval(model, LOSS, parts, n_boot=300, seed=3)[0] == pytest.approx(
-        estimate, rel=1e-10
+    assert b_simple_interval(model, LOSS, parts, n_boot=300, seed=3) == pytest.approx(
+        (estimate, low, high), rel=1e-10
     )
+
+
+def test_b_simple_interval_when_the_mean_gradient_is_unresolved():
+    # Two examples whose gradients cancel: |Ĝ|² = 0, the noise scale is unbounded above.
+    model = nn.Linear(1, 1, bias=False).double()
+    w = float(model.weight.detach())
+    x = torch.ones(2, 1, dtype=torch.float64)
+    y = torch.tensor([[w + 1.0], [w - 1.0]], dtype=torch.float64)
+    estimate, low, high = b_simple_interval(model, nn.MSELoss(), (x, y), n_boot=50)
+    assert estimate == math.inf and high == math.inf and low <= high
 
 
 def test_bootstrap_components_equal_resampled_rows():
