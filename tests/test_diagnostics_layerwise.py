@@ -442,7 +442,7 @@ def test_dead_channels_of_a_conv_layer_equal_a_direct_count():
     model, (x, y) = convnet(seed=3), data(25, (1, 6, 6), 3, seed=4)
     with torch.no_grad():
         model.conv.bias[1] = -100.0
-    # A batch where channel 0 fires at one position only, on one example: not dead.
+    # Channel 1 is pushed far below zero; channel 0 keeps its random bias and fires somewhere.
     result = dead_units(model, [(x, y)])
     out = F.relu(model.conv(x))
     dead = (out == 0).all(dim=(0, 2, 3))

@@ -25,7 +25,9 @@ block per parameter tensor). For each block b, with ``R`` the training loss on `
   ``weight_norm``. The usual rule of thumb wants it near 1e-3 per step.
 * ``b_simple = tr(Σ_b) / |G_b|²``, the simple noise scale of McCandlish et al. (2018) restricted to
   the block: ``G_b`` the mean and ``Σ_b`` the covariance (over the examples of ``data``) of the
-  per-example gradients' entries in block b.
+  per-example gradients' entries in block b. This is the plug-in value of ``data`` itself, as in
+  :func:`~ravine.diagnostics.noise.gradient_statistics`; :func:`b_simple_interval` gives the
+  bias-corrected estimate for the set ``data`` samples, with a confidence interval.
 
 Cost: per block at most ``max_hvps`` products for λmax and ``min(n_b, trace_hvps)`` for the trace,
 each a Hessian-vector product over all of ``data``; one pass of per-example gradients, kept as an
@@ -165,7 +167,7 @@ class LayerwiseResult:
         lines.append("")
         lines.append(
             f"Limiting layer: **{self.limiting_layer}** (largest λmax of its diagonal Hessian "
-            f"block; plain gradient steps on it diverge for lr > 2/λmax = "
+            f"block; gradient descent on that block alone diverges for lr > 2/λmax = "
             f"{_fmt(2.0 / max(r.lambda_max for r in self.rows))})."
         )
         return "\n".join(lines)
@@ -566,7 +568,7 @@ def b_simple_interval(
     denominator is <= 0 gives ``B*_r = inf``; an infinite upper quantile makes the lower end 0,
     and if ``B̂`` itself is ``inf`` the result is ``(inf, B*_(lo), inf)``: only a lower bound.
     (In simulations with Gaussian gradients this interval covered the true B at level 0.9 in
-    76-92% of trials for B/N from 0.025 to 1, where the percentile interval around the plug-in
+    76-92% of trials for B/N from 0.05 to 1, where the percentile interval around the plug-in
     covered it in 55-84%.)
 
     Args:
