@@ -27,8 +27,9 @@ What every fork shares (so that the only difference between forks is the fix):
   every ``eval_every`` examples. ``seconds`` counts training steps only, not the evaluations.
 
 Forks hold the learning rate constant: a schedule of the original run does not continue into
-them. A fork whose loss becomes NaN or infinite is marked ``diverged`` and stopped; the others
-go on. The caller's model and optimizer are never modified.
+them. A fork whose loss becomes NaN or infinite, or grows past :data:`BLOWUP` times
+``max(|initial loss|, 1)``, is marked ``diverged`` and stopped (in float64 a blown-up loss can
+take many steps to overflow); the others go on. The caller's model and optimizer are never modified.
 
 Fix keys (:data:`FIX_KEYS`; each applied to every parameter group):
 
@@ -94,6 +95,9 @@ EVAL_EXAMPLES = 1024
 # Evaluation points of a fork when eval_every is not given.
 EVAL_POINTS = 20
 
+#: A loss this many times ``max(|initial loss|, 1)`` counts as diverged.
+BLOWUP = 1e6
+
 BASELINE = "baseline"
 
 
@@ -111,7 +115,8 @@ class Fork:
         examples: training examples seen (all forks: the same, unless diverged).
         seconds: wall time of the training steps (evaluations excluded).
         losses: ``(examples_seen, loss)`` on the evaluation set, from ``(0, initial loss)``.
-        diverged: the loss became NaN or infinite (the fork was stopped there).
+        diverged: the loss became NaN or infinite or blew up (module docstring); the fork was
+            stopped there.
         helped: ``final_loss`` below the baseline's (``None`` for the baseline itself). A fork
             that diverged did not help; any fork that did not diverge helped a baseline that did.
     """
@@ -134,7 +139,7 @@ class Fork:
 
     @property
     def final_loss(self) -> float:
-        """The last measured loss (non-finite for a fork that diverged)."""
+        """The last measured loss (non-finite or blown up for a fork that diverged)."""
         return self.losses[-1][1]
 
     @property
@@ -250,7 +255,8 @@ class ProbeResult:
         for fork in self.forks[1:]:
             if fork.diverged:
                 sentences.append(
-                    f"{fork.label} diverged (non-finite loss after {fork.examples:,} examples)."
+                    f"{fork.label} diverged (loss {_num(fork.final_loss)} after "
+                    f"{fork.examples:,} examples)."
                 )
                 continue
             verdict = "helped" if fork.helped else "did not help"
@@ -605,19 +611,23 @@ def _evaluate(
     batches: list[tuple[Any, int]],
     batch_loss: Callable[[nn.Module, Any], Tensor],
 ) -> float:
-    """Mean loss over the evaluation batches, in eval mode, at the true parameters."""
+    """Mean loss over the evaluation batches, in eval mode, at the true parameters.
+
+    Batch means are weighted by batch size in float64; one batch's mean is returned as it is
+    (``mean × n / n`` could differ from it in the last bit).
+    """
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64)
-    count = 0
+    losses = []
     try:
         with optim.true_params(opt):
             for batch, n in batches:
-                total += batch_loss(model, batch).detach().double().cpu() * n
-                count += n
+                losses.append((batch_loss(model, batch).detach().double().cpu(), n))
     finally:
         model.train(was_training)
-    return float(total / count)
+    if len(losses) == 1:
+        return float(losses[0][0])
+    return float(sum(loss * n for loss, n in losses) / sum(n for _, n in losses))
 
 
 def _sync(device: torch.device) -> None:
@@ -698,6 +708,7 @@ def _run_fork(
         fork.diverged = True
         tick(plan.total)
         return
+    limit = BLOWUP * max(abs(fork.losses[0][1]), 1.0)
     mark = plan.eval_every
     started = time.perf_counter()
     for batch, n in _minibatches(plan.data, fork.batch_size, plan.total, plan.seed, plan.device):
@@ -710,7 +721,7 @@ def _run_fork(
             fork.seconds += time.perf_counter() - started
             loss = _evaluate(net, opt, plan.eval_set, plan.batch_loss)
             fork.losses.append((fork.examples, loss))
-            if not math.isfinite(loss):
+            if not math.isfinite(loss) or abs(loss) > limit:
                 fork.diverged = True
                 tick(plan.total - fork.examples)
                 return
