@@ -73,14 +73,19 @@ def eval_loss(net, x, y) -> float:
     return loss
 
 
-def by_hand(net, opt, x, y, batches) -> list[float]:
-    """Loss on all of (x, y) at the start and after every step, training a copy by hand."""
+def by_hand(net, opt, x, y, batches, clip=None, **group) -> list[float]:
+    """Loss on all of (x, y) at the start and after every step, training a copy by hand
+    (with ``group`` set in every parameter group and gradients clipped to ``clip``)."""
     memo: dict = {}
     net, opt = copy.deepcopy(net, memo), copy.deepcopy(opt, memo)
+    for g in opt.param_groups:
+        g.update(group)
     losses = [eval_loss(net, x, y)]
     for idx in batches:
         opt.zero_grad()
         F.cross_entropy(net(x[idx]), y[idx]).backward()
+        if clip is not None:
+            optim.clip_grad_norm_(list(net.parameters()), clip)
         opt.step()
         losses.append(eval_loss(net, x, y))
     return losses
@@ -288,6 +293,36 @@ def test_another_optimizer_starts_fresh_and_the_same_one_keeps_its_state(problem
     fresh = copy.deepcopy(net)
     restarted = by_hand(fresh, optim.Momentum(fresh.parameters(), lr=0.1), x, y, batches)
     assert restarted != [v for _, v in result.baseline.losses]
+
+
+def test_clip_norm_momentum_and_weight_decay_fixes(problem):
+    x, y = problem
+    batches = example_stream(N, 64, 16, seed=0)
+    fix = {"clip_norm": 0.05, "weight_decay": 0.01}
+    # ravine's SGD clips itself: the fork equals SGD built with those options.
+    net, opt = trained(problem, "sgd", lr=0.5)
+    got = probe(
+        net, opt, (x, y), loss_fn=F.cross_entropy, batch_size=16, steps=4, eval_every=1, fixes=[fix]
+    ).fork("clip_norm 0.05, weight_decay 0.01")
+    fresh = copy.deepcopy(net)
+    clipped = optim.SGD(fresh.parameters(), lr=0.5, clip_norm=0.05, weight_decay=0.01)
+    assert [v for _, v in got.losses] == by_hand(fresh, clipped, x, y, batches)
+    assert [v for _, v in got.losses] != by_hand(net, opt, x, y, batches)
+    # A torch optimizer has no clip_norm: the fork's loop clips; its momentum buffer carries.
+    torch.manual_seed(1)
+    net = models.mlp(D, [6], C).double()
+    opt = torch.optim.SGD(net.parameters(), lr=0.5, momentum=0.5)
+    for k in range(3):
+        opt.zero_grad()
+        F.cross_entropy(net(x[k::3]), y[k::3]).backward()
+        opt.step()
+    fixes = [{"clip_norm": 0.05, "momentum": 0.8}]
+    got = probe(
+        net, opt, (x, y), loss_fn=F.cross_entropy, batch_size=16, steps=4, eval_every=1, fixes=fixes
+    ).fork("clip_norm 0.05, momentum 0.8")
+    expected = by_hand(net, opt, x, y, batches, clip=0.05, momentum=0.8)
+    assert [v for _, v in got.losses] == expected
+    assert expected != by_hand(net, opt, x, y, batches, momentum=0.8)
 
 
 class Rows(Dataset):

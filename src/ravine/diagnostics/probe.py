@@ -501,10 +501,7 @@ def _copy(model: nn.Module, optimizer: Optimizer) -> tuple[nn.Module, Optimizer]
 
 
 def _apply(
-    fix: Mapping[str, Any],
-    model: nn.Module,
-    opt: Optimizer,
-    make_optimizer: Callable[..., Optimizer],
+    fix: Mapping[str, Any], opt: Optimizer, make_optimizer: Callable[..., Optimizer]
 ) -> tuple[Optimizer, float | None]:
     """The fork's optimizer with ``fix`` applied, and the clip norm the loop must apply itself
     (for optimizers without ravine's ``clip_norm``)."""
@@ -659,7 +656,7 @@ def _start(
         model_copy.to(plan.device)
         # Loading moves the state to the parameters' device.
         opt_copy.load_state_dict(opt_copy.state_dict())
-    opt_copy, clip = _apply(fix, model_copy, opt_copy, plan.make_optimizer)
+    opt_copy, clip = _apply(fix, opt_copy, plan.make_optimizer)
     model_copy.train()
     return model_copy, opt_copy, clip
 
@@ -829,7 +826,9 @@ def probe(
         seed: seed of the example order, the evaluation subset and the forks' random streams.
         device: where the forks train (default: the model's device).
         make_optimizer: ``make_optimizer(name, param_groups, **hp)`` builds the optimizer of a
-            fix that switches optimizer (default :func:`ravine.optim.create`).
+            fix that switches optimizer (default :func:`ravine.optim.create`); the groups carry
+            ``params`` and ``weight_decay``, ``hp`` is ``lr``, ``clip_norm`` and ``momentum``
+            when the fix gives it.
         progress: ``True`` shows a rich progress bar on standard error; a callable is called
             as ``progress(fork_label, examples_advanced)``.
 
