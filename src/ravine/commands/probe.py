@@ -7,7 +7,9 @@ example order and the schedule, which forks hold constant). :func:`ravine.diagno
 then trains the baseline and one fork per ``--fix`` (default: lr × 0.5 and lr × 2) on the run's
 training split with its loss and batch size, each on ``--steps × batch_size`` examples, and the
 command prints the ranked table and writes ``probe.json``, ``probe.md`` and ``plots/probe.png``
-into the run directory (or ``--out``), each atomically.
+into the run directory (or ``--out``), each atomically. Forks train in fp32 on shuffle-then-
+blocks minibatches of every training example: the run's ``batching: random``, ``drop_last``,
+``accumulate`` and mixed precision are not replayed.
 
 ``--fix`` takes ``KEY=VALUE[,KEY=VALUE...]`` (one fork, values read as YAML scalars), with keys
 from :data:`ravine.diagnostics.probe.FIX_KEYS`, e.g. ``--fix lr=0.05``,
