@@ -237,8 +237,9 @@ def as_batches(data: Any, *, seed: int = 0) -> list[Batch]:
         batches = list(data)
     else:
         raise TypeError(
-            "data must be a batch (x, y) of tensors, an ArrayDataset or TensorDataset, a map-style "
-            f"Dataset of (x, y) items, a DataLoader or an iterable of (x, y) batches, got {form}"
+            "data must be a batch (x, y) of tensors, an ArrayDataset or TensorDataset, a "
+            "map-style Dataset of (x, y) items, a DataLoader or an iterable of (x, y) batches, "
+            f"got {form}"
         )
     if not batches:
         raise ValueError(f"data ({form}) has no batches")
