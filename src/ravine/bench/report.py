@@ -69,8 +69,18 @@ OPTIMIZER_COLORS = {
     "adam": "tab:red",
     "adamw": "tab:cyan",
 }
-_SPARE_COLORS = ("tab:olive", "tab:gray", "navy", "darkgoldenrod", "teal", "indigo", "maroon",
-                 "yellowgreen", "slateblue", "sienna")
+_SPARE_COLORS = (
+    "tab:olive",
+    "tab:gray",
+    "navy",
+    "darkgoldenrod",
+    "teal",
+    "indigo",
+    "maroon",
+    "yellowgreen",
+    "slateblue",
+    "sienna",
+)
 
 
 def optimizer_colors(labels: Sequence[str], names: Sequence[str] | None = None) -> dict[str, str]:
@@ -83,20 +93,26 @@ def optimizer_colors(labels: Sequence[str], names: Sequence[str] | None = None) 
     """
     names = list(names) if names is not None else list(labels)
     if len(names) != len(labels):
-        raise ValueError(f"names must match labels, got {len(names)} names for "
-                         f"{len(labels)} labels")
+        raise ValueError(
+            f"names must match labels, got {len(names)} names for {len(labels)} labels"
+        )
     colors: dict[str, str] = {}
     for label in labels:
         if label in OPTIMIZER_COLORS:
             colors[label] = OPTIMIZER_COLORS[label]
     for label, name in zip(labels, names, strict=True):
-        if label not in colors and name in OPTIMIZER_COLORS \
-                and OPTIMIZER_COLORS[name] not in colors.values():
+        if (
+            label not in colors
+            and name in OPTIMIZER_COLORS
+            and OPTIMIZER_COLORS[name] not in colors.values()
+        ):
             colors[label] = OPTIMIZER_COLORS[name]
     # Past the spares, evenly spaced hues keep the colours distinct for any number of labels.
     hues = [colorsys.hls_to_rgb(i / len(labels), 0.35, 0.8) for i in range(len(labels))]
-    spares = iter([c for c in _SPARE_COLORS if c not in colors.values()]
-                  + ["#" + "".join(f"{round(255 * v):02x}" for v in rgb) for rgb in hues])
+    spares = iter(
+        [c for c in _SPARE_COLORS if c not in colors.values()]
+        + ["#" + "".join(f"{round(255 * v):02x}" for v in rgb) for rgb in hues]
+    )
     for label in labels:
         if label not in colors:
             colors[label] = next(spares)
@@ -141,21 +157,30 @@ def load_runs(out_dir: str | Path) -> list[RunRecord]:
                 record = json.loads(line)
                 if record.get("kind") == "epoch":
                     history.append(
-                        {k: _float(v) if isinstance(v, str) and k != "kind" else v
-                         for k, v in record.items()}
+                        {
+                            k: _float(v) if isinstance(v, str) and k != "kind" else v
+                            for k, v in record.items()
+                        }
                     )
         trajectory_file = directory / "trajectory.json"
         trajectory = None
         if trajectory_file.exists():
-            trajectory = [[float(c) for c in point]
-                          for point in json.loads(trajectory_file.read_text())]
+            trajectory = [
+                [float(c) for c in point] for point in json.loads(trajectory_file.read_text())
+            ]
         runs.append(
             RunRecord(
-                problem=info["problem"], optimizer=info["optimizer"], seed=int(info["seed"]),
-                lr=float(info["lr"]), hp=info.get("hp", {}),
+                problem=info["problem"],
+                optimizer=info["optimizer"],
+                seed=int(info["seed"]),
+                lr=float(info["lr"]),
+                hp=info.get("hp", {}),
                 final={k: _float(v) for k, v in info["final"].items()},
-                diverged=bool(info["diverged"]), wall_time=float(info["wall_time"]),
-                history=history, trajectory=trajectory, path=directory,
+                diverged=bool(info["diverged"]),
+                wall_time=float(info["wall_time"]),
+                history=history,
+                trajectory=trajectory,
+                path=directory,
             )
         )
     return runs
@@ -212,16 +237,24 @@ def aggregate(runs: Sequence[RunRecord], problem: Problem) -> Aggregate:
     epochs_mean, epochs_std = mean_std(epochs)
     time_mean, time_std = mean_std(times)
     return Aggregate(
-        n=len(runs), final_mean=final_mean, final_std=final_std,
-        diverged=sum(r.diverged for r in runs), reached=len(epochs),
-        epochs_mean=epochs_mean, epochs_std=epochs_std, time_mean=time_mean, time_std=time_std,
+        n=len(runs),
+        final_mean=final_mean,
+        final_std=final_std,
+        diverged=sum(r.diverged for r in runs),
+        reached=len(epochs),
+        epochs_mean=epochs_mean,
+        epochs_std=epochs_std,
+        time_mean=time_mean,
+        time_std=time_std,
         median_epochs=float(np.median([h[0] if h else math.inf for h in hits])),
         median_time=float(np.median([h[1] if h else math.inf for h in hits])),
     )
 
 
 def profile_costs(
-    stats: Mapping[tuple[str, str], Aggregate], problems: Sequence[str], optimizers: Sequence[str],
+    stats: Mapping[tuple[str, str], Aggregate],
+    problems: Sequence[str],
+    optimizers: Sequence[str],
     cost: str,
 ) -> np.ndarray:
     """The ``(problems, optimizers)`` cost table of the performance profile."""
@@ -263,8 +296,9 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _plot_curves(problem: Problem, by_opt: Mapping[str, list[RunRecord]], path: Path,
-                 colors: Mapping[str, str]) -> Any:
+def _plot_curves(
+    problem: Problem, by_opt: Mapping[str, list[RunRecord]], path: Path, colors: Mapping[str, str]
+) -> Any:
     from matplotlib.ticker import MaxNLocator
 
     fig = _figure(6.5, 4)
@@ -293,40 +327,66 @@ def _plot_curves(problem: Problem, by_opt: Mapping[str, list[RunRecord]], path: 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel(problem.monitor)
     seeds = {r.seed for runs in by_opt.values() for r in runs}
-    ax.set_title(f"{problem.label}: mean over seeds, band = min..max" if len(seeds) > 1
-                 else f"{problem.label} (seed {seeds.pop()})")
+    ax.set_title(
+        f"{problem.label}: mean over seeds, band = min..max"
+        if len(seeds) > 1
+        else f"{problem.label} (seed {seeds.pop()})"
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
     return fig
 
 
-def _plot_sensitivity(problem: Problem, tuning: Mapping[str, dict], path: Path,
-                      colors: Mapping[str, str]) -> Any:
+def _plot_sensitivity(
+    problem: Problem, tuning: Mapping[str, dict], path: Path, colors: Mapping[str, str]
+) -> Any:
     """Trial value against lr for every tuned optimizer; None when nothing was tuned."""
     if not tuning:
         return None
     fig = _figure(6.5, 4)
     ax = fig.subplots()
-    finite = [t["value"] for info in tuning.values() for t in info["trials"]
-              if isinstance(t["value"], (int, float)) and math.isfinite(t["value"])]
+    finite = [
+        t["value"]
+        for info in tuning.values()
+        for t in info["trials"]
+        if isinstance(t["value"], (int, float)) and math.isfinite(t["value"])
+    ]
     log_scale = problem.mode == "min" and bool(finite) and min(finite) > 0
     worst = (max(finite) if problem.mode == "min" else min(finite)) if finite else 1.0
     for opt, info in tuning.items():
-        done = sorted((t for t in info["trials"] if "lr" in t["params"]),
-                      key=lambda t: t["params"]["lr"])
-        complete = [(t["params"]["lr"], _float(t["value"])) for t in done
-                    if t["state"] == "COMPLETE"]
+        done = sorted(
+            (t for t in info["trials"] if "lr" in t["params"]), key=lambda t: t["params"]["lr"]
+        )
+        complete = [
+            (t["params"]["lr"], _float(t["value"])) for t in done if t["state"] == "COMPLETE"
+        ]
         ok = [(lr, v) for lr, v in complete if math.isfinite(v)]
         bad = [lr for lr, v in complete if not math.isfinite(v)]
-        pruned = [(t["params"]["lr"], _float(t["last_intermediate"])) for t in done
-                  if t["state"] == "PRUNED" and t["last_intermediate"] is not None]
+        pruned = [
+            (t["params"]["lr"], _float(t["last_intermediate"]))
+            for t in done
+            if t["state"] == "PRUNED" and t["last_intermediate"] is not None
+        ]
         color = colors.get(opt, "black")  # a tuning file of an optimizer the suite left out
-        ax.plot([p[0] for p in ok], [p[1] for p in ok], "o-", label=opt, markersize=4,
-                linewidth=1, color=color)
+        ax.plot(
+            [p[0] for p in ok],
+            [p[1] for p in ok],
+            "o-",
+            label=opt,
+            markersize=4,
+            linewidth=1,
+            color=color,
+        )
         if pruned:
-            ax.plot([p[0] for p in pruned], [p[1] for p in pruned], "o", mfc="none", color=color,
-                    markersize=5)
+            ax.plot(
+                [p[0] for p in pruned],
+                [p[1] for p in pruned],
+                "o",
+                mfc="none",
+                color=color,
+                markersize=5,
+            )
         if bad:
             ax.plot(bad, [worst] * len(bad), "x", color=color, markersize=7)
         chosen = info["chosen"]["lr"]
@@ -336,8 +396,9 @@ def _plot_sensitivity(problem: Problem, tuning: Mapping[str, dict], path: Path,
         ax.set_yscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel(f"{problem.monitor} after the last epoch")
-    ax.set_title(f"{problem.label}: lr sensitivity (x = diverged, hollow = pruned, "
-                 ": = chosen)", fontsize=9)
+    ax.set_title(
+        f"{problem.label}: lr sensitivity (x = diverged, hollow = pruned, : = chosen)", fontsize=9
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110)
@@ -345,14 +406,19 @@ def _plot_sensitivity(problem: Problem, tuning: Mapping[str, dict], path: Path,
 
 
 def _plot_trajectories(
-    problem: DeterministicProblem, by_opt: Mapping[str, list[RunRecord]], path: Path,
+    problem: DeterministicProblem,
+    by_opt: Mapping[str, list[RunRecord]],
+    path: Path,
     colors: Mapping[str, str],
 ) -> Any:
     """The iterates of each optimizer's first run over the loss contours; None without any."""
     import torch
 
-    paths = {o: np.asarray(runs[0].trajectory) for o, runs in by_opt.items()
-             if runs and runs[0].trajectory}
+    paths = {
+        o: np.asarray(runs[0].trajectory)
+        for o, runs in by_opt.items()
+        if runs and runs[0].trajectory
+    }
     if not paths:
         return None
     start = next(iter(paths.values()))[0]
@@ -385,8 +451,16 @@ def _plot_trajectories(
     axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
     for ax, (opt, pts) in zip(axes.flat, paths.items(), strict=False):
         ax.contour(gx, gy, z, levels=levels, colors="0.6", linewidths=0.6)
-        ax.plot(pts[:, 0], pts[:, 1], "-", color=colors[opt], linewidth=1, marker=".",
-                markersize=2.5, label=opt)
+        ax.plot(
+            pts[:, 0],
+            pts[:, 1],
+            "-",
+            color=colors[opt],
+            linewidth=1,
+            marker=".",
+            markersize=2.5,
+            label=opt,
+        )
         ax.plot(*start, "ko", markersize=4)
         ax.plot(*optimum, "k*", markersize=8)
         ax.set_xlim(lo[0], hi[0])
@@ -401,8 +475,11 @@ def _plot_trajectories(
         ax.tick_params(labelbottom=True, labelleft=True, labelsize=7)
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
-    fig.suptitle(f"{problem.label}: iterates over the loss contours (seed "
-                 f"{next(iter(by_opt.values()))[0].seed}; ● start, ★ minimum)", fontsize=10)
+    fig.suptitle(
+        f"{problem.label}: iterates over the loss contours (seed "
+        f"{next(iter(by_opt.values()))[0].seed}; ● start, ★ minimum)",
+        fontsize=10,
+    )
     fig.savefig(path, dpi=110)
     return fig
 
@@ -452,22 +529,25 @@ def _profile_section(
         "counting as ∞ (so a problem counts as solved when more than half of the runs reach "
         "its target). ρ(τ) = fraction of the problems on which the optimizer's cost is within "
         "a factor τ of the best optimizer's (Dolan & Moré 2002)"
-        + (f"; problems without a target are left out ({', '.join(left_out)})"
-           if left_out else "") + ".",
+        + (f"; problems without a target are left out ({', '.join(left_out)})" if left_out else "")
+        + ".",
         "",
         "| optimizer | " + " | ".join(f"ρ({t:g})" for t in PROFILE_TAUS) + " | solved |",
         "|---|" + "---|" * (len(PROFILE_TAUS) + 1),
     ]
     for j, o in enumerate(optimizers):
         lines.append(f"| {o} | " + " | ".join(f"{v:.2f}" for v in rho[:, j]) + " |")
-    plot_performance_profile(costs, optimizers, plots / "profile.png", cost_name=cost_name,
-                             colors=[colors[o] for o in optimizers])
+    plot_performance_profile(
+        costs,
+        optimizers,
+        plots / "profile.png",
+        cost_name=cost_name,
+        colors=[colors[o] for o in optimizers],
+    )
     return [*lines, "", "![performance profile](plots/profile.png)", ""]
 
 
-def write_report(
-    suite: SuiteSpec, out_dir: str | Path, *, problems: Mapping[str, Problem]
-) -> Path:
+def write_report(suite: SuiteSpec, out_dir: str | Path, *, problems: Mapping[str, Problem]) -> Path:
     """Write ``report.md``, ``summary.json`` and the plots for the runs in ``out_dir``."""
 
     out_dir = Path(out_dir)
@@ -482,15 +562,16 @@ def write_report(
             grouped.setdefault(r.problem, {}).setdefault(r.optimizer, []).append(r)
     stats = {
         (p, o): aggregate(rs, problems[p])
-        for p, by_opt in grouped.items() for o, rs in by_opt.items()
+        for p, by_opt in grouped.items()
+        for o, rs in by_opt.items()
     }
 
     tuning_text = {
         "tpe": f"tuned by Optuna TPE with {suite.tuning.trials} trials per optimizer "
-               f"(log-uniform lr{', median pruning' if suite.tuning.pruning else ''}, "
-               f"tuning seed {suite.tuning.seed})",
+        f"(log-uniform lr{', median pruning' if suite.tuning.pruning else ''}, "
+        f"tuning seed {suite.tuning.seed})",
         "grid": f"the best of the grid {', '.join(_g(x, 3) for x in suite.tuning.grid or [])} "
-                f"for every optimizer (tuning seed {suite.tuning.seed})",
+        f"for every optimizer (tuning seed {suite.tuning.seed})",
         "none": "fixed by the suite",
     }[suite.tuning.method]
     fixed = [o.label for o in suite.optimizers if isinstance(o.lr, float) and not o.searched()]
@@ -505,15 +586,18 @@ def write_report(
         "Final metric: mean ± sample std over seeds. Epochs / time to target: mean ± std over "
         "the runs that reach the target (a plain number where one run does); the others are "
         "counted as *never*, not dropped."
-        if len(suite.seed_list) > 1 else
-        "One seed: every number is that run's own (no spread over seeds). Epochs / time to "
+        if len(suite.seed_list) > 1
+        else "One seed: every number is that run's own (no spread over seeds). Epochs / time to "
         "target: a run that does not reach the target is counted as *never*.",
         "",
     ]
 
     lines += _profile_section(suite, stats, problems, optimizers, plots, colors)
-    summary: dict[str, Any] = {"suite": suite.name, "profile_cost": suite.profile_cost,
-                               "problems": {}}
+    summary: dict[str, Any] = {
+        "suite": suite.name,
+        "profile_cost": suite.profile_cost,
+        "problems": {},
+    }
     for label, problem in problems.items():
         by_opt = grouped.get(label, {})
         tuning = _load_tuning(out_dir, label)
@@ -536,8 +620,9 @@ def write_report(
             first = by_opt[o][0]
             never = agg.n - agg.reached
             note = f" ({never} never)" if never and agg.reached else ""
-            epochs = (_pm(agg.epochs_mean, agg.epochs_std, agg.reached) + note
-                      if agg.reached else "never")
+            epochs = (
+                _pm(agg.epochs_mean, agg.epochs_std, agg.reached) + note if agg.reached else "never"
+            )
             secs = _pm(agg.time_mean, agg.time_std, agg.reached) + note if agg.reached else "never"
             final = _pm(agg.final_mean, agg.final_std, agg.n)
             lines.append(
@@ -552,9 +637,12 @@ def write_report(
             lines += [f"![{label} curves](plots/{name}-curves.png)", ""]
         if _plot_sensitivity(problem, tuning, plots / f"{name}-lr.png", colors) is not None:
             lines += [f"![{label} lr sensitivity](plots/{name}-lr.png)", ""]
-        if (isinstance(problem, DeterministicProblem) and problem.dim == 2
-                and _plot_trajectories(problem, by_opt, plots / f"{name}-trajectories.png",
-                                       colors) is not None):
+        if (
+            isinstance(problem, DeterministicProblem)
+            and problem.dim == 2
+            and _plot_trajectories(problem, by_opt, plots / f"{name}-trajectories.png", colors)
+            is not None
+        ):
             lines += [f"![{label} trajectories](plots/{name}-trajectories.png)", ""]
 
     lines += [
