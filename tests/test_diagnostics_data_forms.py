@@ -290,14 +290,16 @@ def test_a_loader_with_random_augmentation_is_one_fixed_operator():
         ),
         (
             lambda x, y: DataLoader(DictItems(x, y), batch_size=4),
-            r"batch 0 of data \(a DataLoader\) must be a pair \(x, y\) of tensors, got a dict",
+            r"batch 0 of data must be a pair \(x, y\) of tensors, got a dict \(keys 'x', 'y'\); "
+            r"diagnostics compute .* \(data is a DataLoader\)",
         ),
         (lambda x, y: Stream(x, y), "data is an IterableDataset"),
         (lambda x, y: TensorDataset(x, y, y), "data is a TensorDataset of 3 tensors"),
         (
             lambda x, y: list(zip(x, y, strict=True)),
-            r"batch 0 of data \(a list of 24 batches\) "
-            "looks like one example",
+            r"batch 0 of data "
+            r"looks like one example, not a batch \(its y is a scalar\) \(data is a list of 24 "
+            r"batches\)",
         ),
         (lambda x, y: x, "data must be a batch .* got a Tensor"),
         (lambda x, y: Pairs(x[:0], y[:0]), r"data \(a Dataset \(Pairs\)\) holds no examples"),

@@ -119,10 +119,13 @@ def _is_batch(obj: Any) -> bool:
     )
 
 
+_BATCH_FORM = "a batch (x, y)"
+
+
 def data_form(data: Any) -> str:
     """A short name of what ``data`` is, for messages ("a DataLoader", "a TensorDataset", ...)."""
     if _is_batch(data):
-        return "a batch (x, y)"
+        return _BATCH_FORM
     for kind in (ArrayDataset, TensorDataset, DataLoader, IterableDataset):
         if isinstance(data, kind):
             return f"a{'n' if kind.__name__[0] in 'AEIOU' else ''} {kind.__name__}"
@@ -279,27 +282,30 @@ def all_examples(data: Any, *, seed: int = 0) -> Batch:
 def checked_batch(batch: Any, index: int, form: str | None = None) -> Batch:
     """Return ``batch`` as ``(x, y)`` or raise one line saying what batch ``index`` was.
 
-    ``form`` (from :func:`data_form`) names the data the batch came from in the message.
+    ``form`` (from :func:`data_form`) names the data the batch came from, at the end of the
+    message (left out for a single batch, where it says nothing new).
     """
-    where = f"batch {index} of data" + (f" ({form})" if form else "")
+    where = f"batch {index} of data"
+    of = f" (data is {form})" if form and form != _BATCH_FORM else ""
     if not _is_batch(batch):
         raise TypeError(
-            f"{where} must be a pair (x, y) of tensors, got {_describe_item(batch)}; {_NOT_A_PAIR}"
+            f"{where} must be a pair (x, y) of tensors, got {_describe_item(batch)}; "
+            f"{_NOT_A_PAIR}{of}"
         )
     x, y = batch
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"{where} is empty (x has shape {tuple(x.shape)})")
+        raise ValueError(f"{where} is empty (x has shape {tuple(x.shape)}){of}")
     if y.ndim == 0:
         raise ValueError(
-            f"{where} looks like one example, not a batch (its y is a scalar); pass examples as "
-            "a Dataset (e.g. TensorDataset(x, y)) or batch them with a DataLoader"
+            f"{where} looks like one example, not a batch (its y is a scalar){of}; pass examples "
+            "as a Dataset (e.g. TensorDataset(x, y)) or batch them with a DataLoader"
         )
     for name, tensor in (("x", x), ("y", y)):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(
                 f"{where}: {name} holds {bad} non-finite values "
-                "(NaN or inf); the curvature of such a loss is meaningless"
+                f"(NaN or inf); the curvature of such a loss is meaningless{of}"
             )
     return x, y
 
