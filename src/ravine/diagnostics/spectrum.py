@@ -563,7 +563,7 @@ def hessian_extremes(
 ) -> ExtremesResult:
     """Largest and smallest Hessian eigenvalues of the training loss, by Lanczos.
 
-    ``data`` is a batch ``(x, y)``, a dataset with ``.x``/``.y`` or an iterable of batches (see
+    ``data`` is any data form of ``ravine.fit`` (:func:`~ravine.diagnostics.hvp.as_batches`; see
     :class:`~ravine.diagnostics.hvp.HessianOperator` for ``mode`` and ``backend``); the other
     arguments are those of :func:`operator_extremes` (``max_hvps`` = ``max_steps``). The start
     vector depends only on ``seed``, so results are reproducible. Ritz vectors (if asked) are
