@@ -5,17 +5,20 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+from torch.optim import Optimizer
 
+from ravine._io import write_atomic
 from ravine._validate import check_int
-from ravine.diagnostics.advice import advice, advice_markdown
 from ravine.diagnostics.classify import Classification, classify_numbers, param_norm
+from ravine.diagnostics.diagnosis import diagnose
+from ravine.diagnostics.findings import Diagnosis
 from ravine.diagnostics.hvp import HessianOperator, LossFn
 from ravine.diagnostics.noise import GradientNoiseResult, as_tensors, gradient_noise
 from ravine.diagnostics.spectrum import (
@@ -43,6 +46,7 @@ class DiagnosticsReport:
     density: SpectralDensity
     noise: GradientNoiseResult
     classification: Classification
+    diagnosis: Diagnosis
 
 
 def _jsonable(value: Any) -> Any:
@@ -59,6 +63,8 @@ def report(
     *,
     lr: float | None = None,
     batch_size: int | None = None,
+    optimizer: Optimizer | None = None,
+    history: Mapping[str, Any] | None = None,
     momentum: float | None = None,
     adaptive: bool = False,
     clip_fraction: float | None = None,
@@ -76,7 +82,11 @@ def report(
     density_steps: int = 48,
     title: str = "Diagnostics",
 ) -> DiagnosticsReport:
-    """Measure everything on ``dataset`` and write ``diagnostics.json``, plots and advice.
+    """Measure everything on ``dataset`` and write ``diagnostics.json``, plots and findings.
+
+    The ranked findings are those of :func:`~ravine.diagnostics.diagnose` (run on the same
+    examples with the same optimizer), with this report's tighter Lanczos, trace, SLQ and
+    gradient-noise numbers in place of its quicker ones.
 
     Files written under ``out_dir``: ``diagnostics.json`` (all numbers; infinities as null),
     ``plots/hessian_spectrum.png`` (SLQ density), ``plots/gradient_noise.png`` and
@@ -86,9 +96,14 @@ def report(
     Args:
         dataset: a pair ``(x, y)``, a dataset with ``.x``/``.y`` or a map-style dataset; at most
             ``max_examples`` of its examples (a seeded random subset) are used for everything.
-        lr, batch_size, momentum, adaptive, clip_fraction: the training settings the advice is
-            about (batch size also sets the noise level of :func:`classify_numbers`; default:
-            32).
+        lr, batch_size: the training settings the findings are about (batch size also sets the
+            noise level of :func:`classify_numbers`; default: 32). ``lr`` overrides the
+            optimizer's.
+        optimizer: the training optimizer (its kind, momentum and adaptive state decide the
+            step-size rule); without one, ``lr`` is plain SGD's, or heavy-ball's with
+            ``momentum``, and ``adaptive=True`` skips the rule.
+        history, clip_fraction: recent training numbers, as :func:`diagnose` takes them
+            (``clip_fraction`` joins ``history``).
         noise_batch_sizes: minibatch sizes of :func:`~ravine.diagnostics.gradient_noise`
             (default: powers of two from 4 up to a quarter of the examples, at most 256).
         chunk_size: examples per batch of the Hessian operator (memory control).
@@ -152,16 +167,33 @@ def report(
     numbers["hvps"] = op.hvps
     classification = classify_numbers(numbers)
     numbers.update(classification.numbers)
-    settings = {
-        "lr": lr,
-        "momentum": momentum,
-        "adaptive": adaptive,
-        "clip_fraction": clip_fraction,
-    }
-    numbers.update({k: v for k, v in settings.items() if v is not None})
-    sentences = advice(numbers)
+    history = dict(history or {})
+    if clip_fraction is not None:
+        history["clip_fraction"] = clip_fraction
+    quick = diagnose(
+        model,
+        loss_fn,
+        (x, y),
+        optimizer=optimizer,
+        lr=lr,
+        batch_size=numbers["batch_size"],
+        seed=seed,
+        mode=mode,
+        history=history,
+        examples=n,
+    )
+    merged = {**quick.numbers, **numbers}
+    if optimizer is None:
+        # without an optimizer the settings say which rule applies; its bound is recomputed
+        for key in ("lr_bound", "lr_ratio"):
+            merged.pop(key, None)
+        merged["optimizer"] = "momentum" if momentum else "sgd"
+        merged.update(momentum=momentum or 0.0, adaptive=adaptive)
+    diagnosis = Diagnosis.from_numbers(merged, skipped=quick.skipped)
+    numbers = diagnosis.numbers
+    sentences = [f.message for f in diagnosis.findings]
     markdown = (
-        advice_markdown(numbers, title=title)
+        diagnosis.to_markdown(title=title)
         + f"\nThe point is classified as **{classification.label}**: {classification.reason}.\n"
     )
 
@@ -172,15 +204,26 @@ def report(
     json_path = out_dir / "diagnostics.json"
     payload = {
         "numbers": {k: _jsonable(v) for k, v in numbers.items()},
+        "findings": [f.to_dict() for f in diagnosis.findings],
+        "skipped": diagnosis.skipped,
         "thresholds": classification.thresholds,
         "reason": classification.reason,
         "advice": sentences,
         "std_by_m": {str(m): s for m, s in noise.std_by_m.items()},
     }
-    json_path.write_text(json.dumps(payload, indent=2) + "\n")
+    write_atomic(json_path, lambda f: f.write(json.dumps(payload, indent=2) + "\n"))
     md_path = out_dir / "diagnostics.md"
-    md_path.write_text(markdown)
+    write_atomic(md_path, lambda f: f.write(markdown))
     files += [json_path, md_path]
     return DiagnosticsReport(
-        numbers, sentences, markdown, files, extremes, trace, density, noise, classification
+        numbers,
+        sentences,
+        markdown,
+        files,
+        extremes,
+        trace,
+        density,
+        noise,
+        classification,
+        diagnosis,
     )
