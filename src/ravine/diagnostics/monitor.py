@@ -60,7 +60,14 @@ from ravine.diagnostics.diagnosis import diagnose
 from ravine.diagnostics.findings import Diagnosis
 from ravine.optim import RavineOptimizer
 
-__all__ = ["Monitor", "Overhead", "DEFAULT_EVERY", "DEFAULT_BUDGET", "DEFAULT_WINDOW"]
+__all__ = [
+    "Monitor",
+    "Overhead",
+    "check_schedule",
+    "DEFAULT_EVERY",
+    "DEFAULT_BUDGET",
+    "DEFAULT_WINDOW",
+]
 
 # Chosen with benchmarks/monitor_overhead.py: on the MNIST-1D CNN (batch 100, one CPU thread) a
 # measurement at DEFAULT_BUDGET costs about as much as this many training steps divided by ten.
@@ -68,6 +75,19 @@ DEFAULT_EVERY = 1000
 DEFAULT_BUDGET: dict[str, float] = {"hvps": 60, "seconds": 5.0}
 DEFAULT_WINDOW = 1000
 MODES = ("eval", "train")
+
+
+def check_schedule(
+    *, every: int, window: int, seed: int, mode: str, batch_size: int | None
+) -> None:
+    """Validate :class:`Monitor`'s scheduling options (one-line ``ValueError`` naming the value)."""
+    check_int("every", every, 1)
+    check_int("window", window, 1)
+    check_int("seed", seed, 0)
+    if batch_size is not None:
+        check_int("batch_size", batch_size, 1)
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}{suggest(mode, MODES)}")
 
 
 @dataclass(frozen=True)
@@ -135,13 +155,7 @@ class Monitor:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        check_int("every", every, 1)
-        check_int("window", window, 1)
-        check_int("seed", seed, 0)
-        if batch_size is not None:
-            check_int("batch_size", batch_size, 1)
-        if mode not in MODES:
-            raise ValueError(f"mode must be 'eval' or 'train', got {mode!r}{suggest(mode, MODES)}")
+        check_schedule(every=every, window=window, seed=seed, mode=mode, batch_size=batch_size)
         self.model, self.loss_fn, self.probe_data = model, loss_fn, probe_data
         self.optimizer = optimizer
         self.every, self.budget, self.seed, self.mode = every, budget, seed, mode
