@@ -13,7 +13,16 @@ import torch
 from torch import nn
 
 from ravine._validate import check_positive
-from ravine.diagnostics.advice import ILL_CONDITIONED
+from ravine.diagnostics.findings import (
+    FLAT,
+    ILL_CONDITIONED,
+    PARAM_SCALE,
+    SADDLE_GRADIENT,
+    SADDLE_NEGATIVE,
+    gradient_progress,
+    sensitivities,
+    significant_negative,
+)
 from ravine.diagnostics.hvp import LossFn, as_batches, checked_batch
 from ravine.diagnostics.measure import measure
 
@@ -24,22 +33,31 @@ LABELS = ("flat", "saddle", "minimum-like", "ill-conditioned", "descending")
 
 @dataclass(frozen=True)
 class ClassifyThresholds:
-    """Thresholds of :func:`classify_numbers` (all dimensionless).
+    """Thresholds of :func:`classify_numbers` (all dimensionless; the defaults are those of
+    :class:`~ravine.diagnostics.findings.FindingThresholds`, so labels and findings agree).
 
     Attributes:
         flat: the largest sensitivity (see :func:`classify_numbers`) of a flat region.
-        negative: λmin counts as significantly negative when ``λmin < -negative · |λmax|``.
+        negative: τ: λmin counts as significantly negative when ``λmin < -τ · |λmax|`` (and
+            ``|λmin|`` exceeds its Lanczos residual). 0.1 sits far above round-off and Lanczos
+            error; trained networks near interpolation show ratios of 1e-3 to 3e-2.
+        gradient: the largest gradient progress ``|G|²/(2λL)`` of a saddle.
         ill_conditioned: κ at or above which a point with a large gradient is ill-conditioned.
+        param_scale: the smallest parameter scale of the sensitivities.
     """
 
-    flat: float = 1e-3
-    negative: float = 1e-2
+    flat: float = FLAT
+    negative: float = SADDLE_NEGATIVE
+    gradient: float = SADDLE_GRADIENT
     ill_conditioned: float = ILL_CONDITIONED
+    param_scale: float = PARAM_SCALE
 
     def __post_init__(self) -> None:
         check_positive("flat", self.flat)
         check_positive("negative", self.negative)
+        check_positive("gradient", self.gradient)
         check_positive("ill_conditioned", self.ill_conditioned)
+        check_positive("param_scale", self.param_scale)
 
 
 @dataclass(frozen=True)
@@ -69,22 +87,30 @@ def classify_numbers(
     """Label a point from its numbers; the rules of :func:`classify`.
 
     Needs ``loss`` (L), ``grad_sq_norm`` (|G|²), ``trace_sigma`` (tr Σ, per-example),
-    ``lambda_max``, ``lambda_min``, ``param_norm`` (|θ|) and ``batch_size`` (m). With the
-    sensitivities — the
-    relative change of the loss under a relative change ``δθ = ε|θ|`` of the parameters, per ε —
+    ``lambda_max``, ``lambda_min``, ``param_norm`` (|θ|) and ``batch_size`` (m); uses
+    ``lambda_min_residual`` (or ``residual_min``) when present. With the sensitivities — the
+    relative change of the loss under a relative change ``δθ = ε s`` of the parameters, per ε,
+    with the parameter scale ``s = max(|θ|, param_scale)`` (a zero-initialized net has no
+    relative scale of its own) —
 
-    .. math:: s_{grad} = \\frac{|G|\\,|θ|}{L}, \\quad
-              s_{noise} = \\frac{\\sqrt{\\operatorname{tr}Σ}\\,|θ|}{L}, \\quad
-              s_{curv} = \\frac{\\max(|λ_{max}|, |λ_{min}|)\\,|θ|^2}{L},
+    .. math:: s_{grad} = \\frac{|G|\\,s}{L}, \\quad
+              s_{noise} = \\frac{\\sqrt{\\operatorname{tr}Σ}\\,s}{L}, \\quad
+              s_{curv} = \\frac{\\max(|λ_{max}|, |λ_{min}|)\\,s^2}{L},
 
-    the label is the first that applies:
+    and the gradient progress ``p = |G|² / (2 λ L)``, ``λ = max(|λmax|, |λmin|)`` (the fraction
+    of the loss one step of ``1/λ`` is guaranteed to remove on a λ-smooth model), the label is
+    the first that applies:
 
     1. **flat**: all three sensitivities ``<= flat``. The gradient is small, and not because
        large per-example gradients cancel (``s_noise`` is small too): the loss barely changes in
        any direction, for any example.
-    2. **saddle**: the gradient is small, ``|G|² <= tr(Σ)/m`` (below the noise of one minibatch
-       of the training batch size, i.e. ``B_simple >= m``), and ``λmin < -negative·|λmax|``.
-    3. **minimum-like**: the gradient is small and there is no significant negative curvature.
+    2. **saddle**: ``p <= gradient`` and ``λmin < -negative·|λmax|`` with ``|λmin|`` above its
+       Lanczos residual. The gradient is judged against the loss, not only the noise: near
+       interpolation the loss is tiny, p is large, and a trained network whose small negative
+       eigenvalues come from the residual part of the Hessian is not a saddle.
+    3. **minimum-like**: the gradient is small — below the noise of one minibatch,
+       ``|G|² <= tr(Σ)/m`` (``B_simple >= m``), or ``p <= gradient`` — and there is no
+       significant negative curvature.
     4. **ill-conditioned**: ``κ = |λmax|/|λmin| >= ill_conditioned``.
     5. **descending**: none of the above (a large gradient on benign curvature).
     """
@@ -96,38 +122,40 @@ def classify_numbers(
     grad_sq, trace = float(numbers["grad_sq_norm"]), float(numbers["trace_sigma"])
     lmax, lmin = float(numbers["lambda_max"]), float(numbers["lambda_min"])
     theta, m = float(numbers["param_norm"]), float(numbers["batch_size"])
-    scale = theta / loss if loss > 0 else math.inf
-    sensitivities = {
-        "grad_sensitivity": math.sqrt(grad_sq) * scale,
-        "noise_sensitivity": math.sqrt(trace) * scale,
-        "curvature_sensitivity": max(abs(lmax), abs(lmin)) * theta * scale,
-    }
+    residual = numbers.get("lambda_min_residual", numbers.get("residual_min"))
+    residual = None if residual is None else float(residual)
+    sens = sensitivities(loss, grad_sq, lmax, lmin, theta, trace, thresholds.param_scale)
+    progress = gradient_progress(grad_sq, loss, lmax, lmin)
     kappa = abs(lmax) / abs(lmin) if lmin != 0 else math.inf
     out = dict(numbers)
-    out.update(sensitivities)
+    out.update(sens)
     out["condition_number"] = kappa
     out["noise_std"] = math.sqrt(trace / m)
-    small = grad_sq <= trace / m
-    negative = lmin < -thresholds.negative * abs(lmax)
-    worst = max(sensitivities.values())
+    out["gradient_progress"] = progress
+    out["negative_ratio"] = lmin / abs(lmax) if lmax != 0 else (-math.inf if lmin < 0 else 0.0)
+    below_noise = grad_sq <= trace / m
+    stalled = progress <= thresholds.gradient
+    negative = significant_negative(lmin, lmax, thresholds.negative, residual)
+    worst = max(sens.values())
     if worst <= thresholds.flat:
         label = "flat"
         reason = (
             f"gradient, per-example spread and curvature all change the loss by at most "
             f"{worst:.3g} per relative parameter change (flat threshold {thresholds.flat:g})"
         )
-    elif small and negative:
+    elif stalled and negative:
         label = "saddle"
         reason = (
-            f"|G|² = {grad_sq:.3g} is below the minibatch noise tr(Σ)/m = {trace / m:.3g} and "
-            f"λmin = {lmin:.3g} < -{thresholds.negative:g}·|λmax| = "
-            f"{-thresholds.negative * abs(lmax):.3g}"
+            f"a gradient step removes at most {progress:.3g} of the loss "
+            f"(<= {thresholds.gradient:g}) and λmin = {lmin:.3g} is below "
+            f"-{thresholds.negative:g}·|λmax| = {-thresholds.negative * abs(lmax):.3g}"
         )
-    elif small:
+    elif (below_noise or stalled) and not negative:
         label = "minimum-like"
         reason = (
-            f"|G|² = {grad_sq:.3g} is below the minibatch noise tr(Σ)/m = {trace / m:.3g} and "
-            f"λmin = {lmin:.3g} is not significantly negative"
+            f"|G|² = {grad_sq:.3g} (minibatch noise tr(Σ)/m = {trace / m:.3g}, gradient "
+            f"progress {progress:.3g}) is small and λmin = {lmin:.3g} is not significantly "
+            "negative"
         )
     elif kappa >= thresholds.ill_conditioned:
         label = "ill-conditioned"
@@ -135,8 +163,9 @@ def classify_numbers(
     else:
         label = "descending"
         reason = (
-            f"|G|² = {grad_sq:.3g} exceeds the minibatch noise tr(Σ)/m = {trace / m:.3g} and "
-            f"κ = {kappa:.3g} < {thresholds.ill_conditioned:g}"
+            f"a gradient step removes up to {progress:.3g} of the loss (|G|² = {grad_sq:.3g}, "
+            f"minibatch noise {trace / m:.3g}) and κ = {kappa:.3g} < "
+            f"{thresholds.ill_conditioned:g}"
         )
     out["label"] = label
     return Classification(label, reason, out, asdict(thresholds))
