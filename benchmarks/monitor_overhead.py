@@ -2,7 +2,7 @@
 
 Trains the MNIST-1D CNN (batch norm) with ravine's Nesterov (lr 0.1, momentum 0.9, clip_norm
 5, batch 100) in a hand-written loop, with and without ``monitor.step(loss)`` after every
-optimizer step (default ``every`` and ``budget``; the probe is a fixed 1024-example subset of the
+optimizer step (default ``every`` and ``budget``; the probe is a fixed 512-example subset of the
 training set), interleaved, for ``--measurements`` times ``every`` steps, and reports the median
 wall-time ratio (goal: at most 1.10x), the seconds per measurement and the monitor's own
 ``overhead`` figure. It also checks that the trained parameters are bit-identical.
@@ -34,7 +34,7 @@ from ravine.data.sources import fixed_examples
 from ravine.diagnostics.monitor import DEFAULT_BUDGET, DEFAULT_EVERY, Monitor
 
 RESULTS = Path(__file__).parent / "results" / "monitor_overhead.md"
-LR, MOMENTUM, CLIP, BATCH, SEED, PROBE = 0.1, 0.9, 5.0, 100, 0, 1024
+LR, MOMENTUM, CLIP, BATCH, SEED, PROBE = 0.1, 0.9, 5.0, 100, 0, 512
 
 
 def train(splits, steps: int, every: int | None) -> tuple[float, torch.nn.Module, Monitor | None]:
