@@ -9,11 +9,9 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
-from ravine.diagnostics import HessianOperator, hvp
+from ravine.diagnostics import DiagnosticsWarning, HessianOperator, hessian_extremes, hvp
 
 BACKENDS = ["double-backward", "forward-over-reverse"]
-
-
 
 
 def mlp(activation: type[nn.Module], seed: int = 0) -> nn.Module:
@@ -218,3 +216,20 @@ def test_invalid_arguments_are_named():
         HessianOperator(
             model, nn.CrossEntropyLoss(reduction="none"), batch, backend="double-backward"
         )(torch.zeros(op.dim, dtype=torch.float64))
+
+
+def test_warnings_have_their_own_category_and_the_callers_line():
+    """A program can catch DiagnosticsWarning; users still get a UserWarning at their own line."""
+    assert issubclass(DiagnosticsWarning, UserWarning)
+    model, batch, loss_fn = normalized_mlp(0.3), data(), nn.CrossEntropyLoss()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        HessianOperator(model, loss_fn, batch, backend="double-backward")  # direct call
+        hessian_extremes(model, loss_fn, batch, max_hvps=3, backend="double-backward")  # nested
+    assert [w.category for w in caught] == [DiagnosticsWarning] * 2
+    assert {w.filename for w in caught} == {__file__}
+    assert all("dropout" in str(w.message) for w in caught)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warnings.filterwarnings("ignore", category=DiagnosticsWarning)
+        HessianOperator(model, loss_fn, batch, backend="double-backward")

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ravine.diagnostics import (
+    DiagnosticsWarning,
     NoiseScaleEstimator,
     gradient_noise,
     gradient_statistics,
@@ -96,8 +97,11 @@ def batch_norm_mlp() -> nn.Module:
 def test_batch_norm_in_train_mode_falls_back_to_loop_and_warns():
     model, (x, y) = batch_norm_mlp(), data(40)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.warns(UserWarning, match="batch norm in train mode couples the examples"):
+    with pytest.warns(
+        DiagnosticsWarning, match="batch norm in train mode couples the examples"
+    ) as w:
         got = per_example_gradients(model, LOSS, x, y, mode="train", chunk_size=40)
+    assert {r.filename for r in w} == {__file__}  # the caller's line, not ravine's
     # The examples' loss terms within the chunk average to the chunk's train-mode gradient.
     model.train()
     reference = batch_norm_mlp()
@@ -195,3 +199,22 @@ def test_invalid_arguments_are_named():
         noise_scale_two_batch(1.0, 1.0, 32, 8)
     with pytest.raises(ValueError, match="beta must be in \\[0, 1\\), got 1.0"):
         NoiseScaleEstimator(8, 32, beta=1.0)
+
+
+def test_results_print_in_a_few_lines_with_their_headline_numbers():
+    model, (x, y) = mlp(nn.Tanh), data(300)
+    stats = gradient_statistics(model, LOSS, (x, y))
+    text = repr(stats)
+    assert "\n" not in text and len(text) < 200
+    for value in (stats.grad_sq_norm, stats.trace_sigma, stats.b_simple):
+        assert f"{value:.4g}" in text
+    assert str(stats.n_examples) in text and "'vmap'" in text
+    sizes = [2, 4, 8, 16, 32, 64, 128, 256]
+    result = gradient_noise(model, LOSS, (x, y), sizes, n_batches=2)
+    text = repr(result)
+    assert len(text.splitlines()) <= 3 and len(text) < 400
+    for value in (result.b_simple, result.trace_sigma):
+        assert f"{value:.4g}" in text
+    assert f"exponent={result.exponent:.3f}" in text
+    assert f"2: {result.std_by_m[2]:.3g}" in text and "(8 sizes)" in text
+    assert f"{result.std_by_m[256]:.3g}" not in text  # the first six sizes only

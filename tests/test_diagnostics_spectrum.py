@@ -264,3 +264,26 @@ def test_invalid_arguments_are_named():
         hessian_trace(model, LOSS, batch, method="hutch++", n_hvps=2)
     with pytest.raises(ValueError, match="sigma must be a finite number > 0"):
         spectral_density(model, LOSS, batch, sigma=-1.0)
+
+
+def test_results_print_in_a_few_lines_with_their_headline_numbers():
+    """Reprs leave out the samples, nodes, weights, grid and eigenvectors (hundreds of numbers)."""
+    model, (x, y) = mlp(nn.Tanh), data()
+    h = exact_hessian(model, x, y)
+    eigenvalues = np.linalg.eigvalsh(h.numpy())
+    ext = hessian_extremes(model, LOSS, (x, y), k=2, tol=1e-8, return_eigenvectors=True)
+    text = repr(ext)
+    assert "\n" not in text and len(text) < 300
+    assert f"lambda_max={ext.lambda_max:.6g}" in text and f"{eigenvalues[-1]:.6g}" in text
+    assert f"lambda_min={ext.lambda_min:.6g}" in text and f"hvps={ext.hvps}" in text
+    assert f"condition_number={ext.condition_number:.4g}" in text and "(2, 264)" in text
+    trace = hessian_trace(model, LOSS, (x, y), n_hvps=200)
+    text = repr(trace)
+    assert "\n" not in text and len(text) < 120
+    assert f"estimate={trace.estimate:.6g}" in text and "hvps=200" in text
+    density = spectral_density(model, LOSS, (x, y), n_probes=3, steps=40)
+    text = repr(density)
+    assert len(text.splitlines()) == 2 and len(text) < 400
+    assert f"negative_mass={density.negative_mass:.3g}" in text
+    assert f"lambda_max={density.lambda_max:.4g}" in text and "n_probes=3" in text
+    assert "spectral mass below 0" in text

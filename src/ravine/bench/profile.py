@@ -82,8 +82,12 @@ def plot_performance_profile(
     path: str | Path,
     *,
     cost_name: str = "cost",
+    colors: Sequence[str] | None = None,
 ) -> None:
-    """Write the profiles as step curves over :math:`\\tau` on a log axis to the PNG ``path``."""
+    """Write the profiles as step curves over :math:`\\tau` on a log axis to the PNG ``path``.
+
+    ``colors`` (one per solver) keeps each solver's colour from the other plots of a report.
+    """
     from matplotlib.figure import Figure
 
     taus, rho = performance_profile(costs)
@@ -96,7 +100,7 @@ def plot_performance_profile(
     for j, solver in enumerate(solvers):
         # line styles keep coinciding profiles apart
         ax.step(grid, rho[:, j], where="post", label=solver, linewidth=1.8,
-                linestyle=styles[j % len(styles)])
+                linestyle=styles[j % len(styles)], color=None if colors is None else colors[j])
     ax.set_xscale("log", base=2)
     ax.set_xlim(1, tau_max)
     ax.set_ylim(-0.02, 1.02)

@@ -11,6 +11,9 @@ Commands (one module each in this package):
     Compare the lecture's optimizers on MNIST-1D (:mod:`ravine.commands.demo`).
 ``ravine diagnose RUN_DIR [--checkpoint init|best|last] [--examples N] [--out DIR]``
     Curvature, gradient noise and advice at a run's checkpoint (:mod:`ravine.commands.diagnose`).
+``ravine probe RUN_DIR [--checkpoint last|best] [--steps N] [--fix KEY=VALUE ...] [--out DIR]``
+    Fork short continuations (current settings and candidate fixes) from a checkpoint and rank
+    them by loss decrease (:mod:`ravine.commands.probe`).
 ``ravine compare SUITE.yaml ...`` and ``ravine tune CONFIG.yaml ...``
     Benchmark suites and Optuna studies (:mod:`ravine.commands.compare`,
     :mod:`ravine.commands.tune`); they parse their own arguments.
@@ -66,6 +69,12 @@ def _diagnose(args: argparse.Namespace) -> int:
     from ravine.commands.diagnose import diagnose_command
 
     return diagnose_command(args)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    from ravine.commands.probe import probe_command
+
+    return probe_command(args)
 
 
 def _compare(argv: Sequence[str]) -> int:
@@ -128,6 +137,26 @@ def build_parser() -> argparse.ArgumentParser:
     diagnose.add_argument("--out", default=None, help="output folder (default: the run dir)")
     diagnose.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     diagnose.set_defaults(handler=_diagnose)
+
+    probe = commands.add_parser(
+        "probe", help="fork short continuations with candidate fixes and rank them"
+    )
+    probe.add_argument("path", help="a run directory (or a training config)")
+    probe.add_argument("--checkpoint", choices=("last", "best"), default="last",
+                       help="where to fork from (default: last)")
+    probe.add_argument("--steps", type=positive_int, default=200,
+                       help="baseline steps per fork; every fork sees steps x batch_size "
+                            "examples (default: 200)")
+    probe.add_argument("--fix", action="append", default=[], metavar="KEY=VALUE[,...]",
+                       help="one fork, e.g. --fix lr=0.05, --fix batch_size=256,lr=0.2, "
+                            "--fix optimizer=adam (repeatable; default: lr_scale=0.5 and 2)")
+    probe.add_argument("--out", default=None, help="output folder (default: the run dir)")
+    probe.add_argument("--seed", type=seed_int, default=None,
+                       help="seed of the example order (default: the run's seed)")
+    probe.add_argument("--json", action="store_true", help="print the result as JSON")
+    probe.add_argument("--quiet", action="store_true", help="no progress bar")
+    probe.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    probe.set_defaults(handler=_probe)
 
     commands.add_parser("compare", help="benchmark optimizers on a suite (ravine compare -h)")
     commands.add_parser("tune", help="tune hyperparameters with Optuna (ravine tune -h)")

@@ -19,53 +19,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from ravine._io import safe_yaml
-from ravine.config import RunConfig, load_config, validate_config
+from ravine.commands._runload import CHECKPOINTS, load_run, read_run_config
 from ravine.diagnostics import DiagnosticsReport, report
-from ravine.train.checkpoint import CheckpointError, load_checkpoint
-from ravine.train.loop import build_optimizer
-from ravine.train.metrics import loss_for, read_metrics, resolve_loss
+from ravine.train.metrics import loss_for, resolve_loss
 from ravine.train.report import write_report
 
 __all__ = ["diagnose_run", "diagnose_command", "CHECKPOINTS"]
 
-CHECKPOINTS = ("init", "best", "last")
 ADAPTIVE = ("adagrad", "rmsprop", "rmsprop-nesterov", "adam", "adamw")
-
-
-def _load(path: Path) -> tuple[RunConfig, Path]:
-    """The run config and the run directory for a run directory or a config file."""
-    if path.is_dir():
-        config_path = path / "config.yaml"
-        if not config_path.exists():
-            raise ValueError(f"{path}: not a run directory (no config.yaml)")
-        try:
-            raw = safe_yaml(config_path.read_text(encoding="utf-8"), str(config_path))
-        except UnicodeDecodeError:
-            raise ValueError(f"{config_path}: not UTF-8 text") from None
-        if not isinstance(raw, dict) or "data" not in raw or "model" not in raw:
-            raise ValueError(
-                f"{config_path}: has no data/model sections (the run was started from Python); "
-                "call ravine.diagnostics.report(model, loss_fn, data, out_dir) instead"
-            )
-        return validate_config(raw, str(config_path)), path
-    if path.is_file():
-        config = load_config(path)
-        return config, Path(config.run_dir)
-    raise ValueError(f"{path}: no such run directory or config file")
-
-
-def _true_last_state(config: RunConfig, model: torch.nn.Module, ckpt: dict[str, Any]) -> None:
-    opt = build_optimizer(config.optimizer.spec(), model, config.lr, config.weight_decay,
-                          config.clip_norm)
-    opt.load_state_dict(ckpt["optimizer"])
-    to_true = getattr(opt, "to_true_params", None)
-    if to_true is not None:
-        to_true()
 
 
 def diagnose_run(
@@ -87,39 +49,16 @@ def diagnose_run(
     """
     if checkpoint not in CHECKPOINTS:
         raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {checkpoint!r}")
-    config, root = _load(Path(path))
+    config, _, _ = read_run_config(path)
     if config.compute_loss is not None:
         raise ValueError(
             f"{path}: the run trains through compute_loss; the curvature and noise diagnostics "
             "need (x, y) batches and a loss(output, target) (call ravine.diagnostics on your "
             "model with such a loss instead)"
         )
-    run = config.build()
-    splits, model = run.splits, run.model
-    steps: list[dict[str, Any]] = []
-    epochs: list[dict[str, Any]] = []
-    if (root / "metrics.jsonl").exists():
-        epochs, steps, _ = read_metrics(root / "metrics.jsonl")
-    lr = config.optimizer.given().get("lr")
-    if checkpoint != "init":
-        ckpt_path = root / "checkpoints" / f"{checkpoint}.pt"
-        if not ckpt_path.exists():
-            raise CheckpointError(f"{ckpt_path}: no such checkpoint (has the run started?)")
-        ckpt = load_checkpoint(ckpt_path)
-        try:
-            model.load_state_dict(ckpt["model"])
-        except (KeyError, RuntimeError) as exc:
-            raise CheckpointError(
-                f"{ckpt_path}: does not match the model in the run's config ({exc})"
-            ) from None
-        if checkpoint == "last":
-            _true_last_state(config, model, ckpt)
-            if steps:
-                lr = steps[-1]["lr"]
-        else:
-            at = [r for r in epochs if r.get("epoch") == ckpt.get("epoch")]
-            if at and at[0].get("lr") is not None:
-                lr = at[0]["lr"]
+    loaded = load_run(path, checkpoint)
+    config, root, splits, model = loaded.config, loaded.root, loaded.run.splits, loaded.model
+    steps, lr = loaded.steps, loaded.lr
     name = config.optimizer.name
     clipped = [r["clipped"] for r in steps if r.get("clipped") is not None]
     out_dir = Path(out) if out is not None else root

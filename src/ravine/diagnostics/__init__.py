@@ -32,7 +32,7 @@ from ravine.diagnostics.classify import (
     classify,
     classify_numbers,
 )
-from ravine.diagnostics.hvp import HessianOperator, hvp
+from ravine.diagnostics.hvp import DiagnosticsWarning, HessianOperator, hvp
 from ravine.diagnostics.measure import measure
 from ravine.diagnostics.noise import (
     GradientNoiseResult,
@@ -58,6 +58,7 @@ from ravine.diagnostics.spectrum import (
 )
 
 __all__ = [
+    "DiagnosticsWarning",
     "HessianOperator",
     "hvp",
     "hessian_extremes",

@@ -202,6 +202,7 @@ def classify(
     size m against whose noise the gradient is judged (default: the size of the first batch of
     ``data``; pass the real one when ``data`` is the whole training set).
     """
+    data = as_batches(data, seed=seed)  # read once: measured and counted on the same batches
     numbers = measure(
         model,
         loss_fn,

@@ -240,6 +240,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "layer_grad_norms",
         "dead_fraction",
         "dead_by_layer",
+        "hooked_layers",
         "grad_norm_history",
         "loss_history",
         # bookkeeping

@@ -6,7 +6,8 @@ The operator is the Hessian of the empirical risk over the given data,
           H v = \\nabla_\\theta \\big( \\nabla_\\theta R(\\theta)^\\top v \\big)
               = \\frac{1}{N} \\sum_b n_b \\, H_b v ,
 
-where ``L_b = loss_fn(model(x_b), y_b)`` is the mean loss of batch b, ``n_b`` its number of
+where ``L_b = loss_fn(model(x_b), y_b)`` is the mean loss of batch b (the data come in any form
+``ravine.fit`` takes, converted once by :func:`as_batches`), ``n_b`` its number of
 examples and ``N = sum_b n_b``: batches of a loader are averaged exactly, weighted by their size
 (``loss_fn`` must average over its batch, like ``nn.CrossEntropyLoss()``). Vectors are flat, in the
 order of ``model.named_parameters()`` restricted to parameters with ``requires_grad``; a parameter
@@ -35,20 +36,37 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import os
+import sys
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from ravine._validate import check_int
+from ravine.data.arrays import ArrayDataset
+from ravine.data.sources import as_tensors, first_item
 
-__all__ = ["HessianOperator", "hvp", "model_mode", "MODES", "BACKENDS"]
+__all__ = [
+    "HessianOperator",
+    "hvp",
+    "model_mode",
+    "as_batches",
+    "all_examples",
+    "checked_batch",
+    "data_form",
+    "DiagnosticsWarning",
+    "MODES",
+    "BACKENDS",
+]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Batch = tuple[Tensor, Tensor]
@@ -70,50 +88,224 @@ def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     raise ValueError(f"{name} must be one of {options}, got {value!r}{hint}")
 
 
+class DiagnosticsWarning(UserWarning):
+    """The category of every warning ``ravine.diagnostics`` issues (a measurement that depends on
+    the model's mode, a slower fallback for per-example gradients).
+
+    A category of its own lets a program catch these and say them once in its own words
+    (``warnings.catch_warnings(record=True)``, then ``issubclass(w.category,
+    DiagnosticsWarning)``) while library users still see ordinary ``UserWarning`` s. The warning
+    is attributed to the first caller outside ravine, so its source line is the user's.
+    """
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` as a :class:`DiagnosticsWarning` at the first frame outside ravine."""
+    frame, level = sys._getframe(0), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, DiagnosticsWarning, stacklevel=level)
+
+
+# ---------------------------------------------------------------------------- data forms
+
+
 def _is_batch(obj: Any) -> bool:
     return (
         isinstance(obj, (tuple, list)) and len(obj) == 2 and all(isinstance(t, Tensor) for t in obj)
     )
 
 
-def as_batches(data: Any) -> Sequence[Batch] | Iterable[Batch]:
-    """Normalize ``data`` to a re-iterable collection of ``(x, y)`` batches.
+_BATCH_FORM = "a batch (x, y)"
 
-    Accepted: one batch ``(x, y)`` of tensors; a dataset object with tensor attributes ``.x`` and
-    ``.y`` (e.g. ``ravine.data.ArrayDataset``), taken as one batch; or an iterable of batches such
-    as a ``DataLoader``. A one-shot iterator (a generator) is materialized into a list, because
-    every Hessian-vector product passes over the data again.
-    """
+
+def data_form(data: Any) -> str:
+    """A short name of what ``data`` is, for messages ("a DataLoader", "a TensorDataset", ...)."""
     if _is_batch(data):
-        return [(data[0], data[1])]
-    x, y = getattr(data, "x", None), getattr(data, "y", None)
-    if isinstance(x, Tensor) and isinstance(y, Tensor):
-        return [(x, y)]
-    if isinstance(data, Tensor) or not isinstance(data, Iterable):
+        return _BATCH_FORM
+    for kind in (ArrayDataset, TensorDataset, DataLoader, IterableDataset):
+        if isinstance(data, kind):
+            return f"a{'n' if kind.__name__[0] in 'AEIOU' else ''} {kind.__name__}"
+    if isinstance(data, Dataset):
+        return f"a Dataset ({type(data).__name__})"
+    if isinstance(data, (list, tuple)):
+        return f"a {type(data).__name__} of {len(data)} batches"
+    return f"a {type(data).__name__}"
+
+
+def _describe_item(item: Any) -> str:
+    if isinstance(item, Mapping):
+        keys = ", ".join(repr(k) for k in list(item)[:4]) + (", ..." if len(item) > 4 else "")
+        return f"a dict (keys {keys})"
+    if isinstance(item, (tuple, list)):
+        kinds = ", ".join(type(v).__name__ for v in item[:4]) + (", ..." if len(item) > 4 else "")
+        return f"a {type(item).__name__} of {len(item)} ({kinds})"
+    return f"a {type(item).__name__}"
+
+
+_NOT_A_PAIR = "diagnostics compute loss_fn(model(x), y) and need (x, y) pairs"
+
+
+def _dataset_batch(data: Dataset, form: str) -> Batch:
+    """All examples of a map-style Dataset as one batch, collated like a DataLoader would."""
+    tensors = as_tensors(data)  # ArrayDataset, two-tensor TensorDataset: no copy
+    if tensors is not None:
+        return tensors
+    if isinstance(data, TensorDataset):
         raise TypeError(
-            "data must be a batch (x, y) of tensors, a dataset with tensors .x and .y, or an "
-            f"iterable of (x, y) batches, got {type(data).__name__}"
+            f"data is a TensorDataset of {len(data.tensors)} tensors; diagnostics need two "
+            "(inputs x and targets y)"
         )
-    if iter(data) is data:
-        data = list(data)
-    return data
+    if isinstance(data, IterableDataset):
+        raise TypeError(
+            "data is an IterableDataset (a stream); diagnostics pass over the same examples "
+            "many times: pass a DataLoader over a finite part of it, or a list of (x, y) batches"
+        )
+    try:
+        n = len(data)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(f"data is {form} without __len__; give it one") from None
+    if n == 0:
+        raise ValueError(f"data ({form}) holds no examples")
+    first = first_item(data)
+    if not (isinstance(first, (tuple, list)) and len(first) == 2):
+        raise TypeError(f"data is {form} whose items are {_describe_item(first)}; {_NOT_A_PAIR}")
+    x, y = default_collate([data[i] for i in range(n)])
+    return x, y
 
 
-def checked_batch(batch: Any, index: int) -> Batch:
-    """Return ``batch`` as ``(x, y)`` or raise ``TypeError`` saying what batch ``index`` was."""
+def _loader_batches(loader: DataLoader, seed: int) -> list[Any]:
+    """One pass of ``loader``, drawn under a forked global RNG seeded with ``seed``.
+
+    The global stream decides a shuffling sampler's order and the workers' seeds when the loader
+    has no generator of its own, so the same seed reads the same batches; the caller's global
+    stream and the loader's generator are left as they were (measuring changes nothing).
+    """
+    generator = loader.generator
+    saved = generator.get_state() if generator is not None else None
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return list(loader)
+    finally:
+        if generator is not None:
+            generator.set_state(saved)
+
+
+def as_batches(data: Any, *, seed: int = 0) -> list[Batch]:
+    """The data forms of ``ravine.fit``, as a list of checked ``(x, y)`` batches.
+
+    This is the one conversion of data for every diagnostic (the Hessian operator takes the
+    batches, per-example gradients :func:`all_examples`):
+
+    ====================================  ================================================
+    ``data``                              batches
+    ====================================  ================================================
+    a batch ``(x, y)`` of tensors         that batch
+    ``ravine.data.ArrayDataset``, a       one batch of all examples, its own tensors
+    two-tensor ``TensorDataset``, an
+    object with tensors ``.x`` / ``.y``
+    any other map-style torch Dataset     one batch of all its ``(x_i, y_i)`` items, in index
+    of ``(x_i, y_i)`` items               order, collated like a DataLoader would
+    a ``DataLoader``                      its batches, one pass read once (a shuffling loader
+                                          reads the same batches for the same ``seed``; the
+                                          global RNG and the loader's generator are untouched)
+    an iterable of ``(x, y)`` batches     its batches, read once
+    ====================================  ================================================
+
+    The data are read once, so every Hessian-vector product sees exactly the same batches
+    (random augmentation in a loader is frozen into one draw). Batches stay where they are and
+    are moved to the model's device when used.
+
+    Raises:
+        TypeError: one line naming the form that cannot work (a tensor, an ``IterableDataset``,
+            dict items or batches: diagnostics have no ``compute_loss``).
+        ValueError: no examples, a batch with non-finite values, or a batch that is one example.
+    """
+    form = data_form(data)
+    if _is_batch(data):
+        batches: list[Any] = [(data[0], data[1])]
+    elif isinstance(data, Dataset):
+        batches = [_dataset_batch(data, form)]
+    elif isinstance(getattr(data, "x", None), Tensor) and isinstance(
+        getattr(data, "y", None), Tensor
+    ):
+        batches = [(data.x, data.y)]
+    elif isinstance(data, DataLoader):
+        batches = _loader_batches(data, seed)
+    elif isinstance(data, Iterable) and not isinstance(data, (Tensor, str, bytes, Mapping)):
+        batches = list(data)
+    else:
+        raise TypeError(
+            "data must be a batch (x, y) of tensors, an ArrayDataset or TensorDataset, a "
+            "map-style Dataset of (x, y) items, a DataLoader or an iterable of (x, y) batches, "
+            f"got {form}"
+        )
+    if not batches:
+        raise ValueError(f"data ({form}) has no batches")
+    return [checked_batch(batch, index, form) for index, batch in enumerate(batches)]
+
+
+def all_examples(data: Any, *, seed: int = 0) -> Batch:
+    """Every example of ``data`` (any form of :func:`as_batches`) as one ``(x, y)``, in order.
+
+    Batches are concatenated (one batch is returned as it is, without a copy); for consumers that
+    index single examples, such as per-example gradients and random minibatches.
+
+    Raises:
+        ValueError: batches that do not concatenate, or x and y of different lengths.
+    """
+    batches = as_batches(data, seed=seed)
+    if len(batches) == 1:
+        x, y = batches[0]
+    else:
+        try:
+            x = torch.cat([b[0] for b in batches])
+            y = torch.cat([b[1] for b in batches])
+        except RuntimeError:
+            shapes = sorted({tuple(b[0].shape[1:]) for b in batches})
+            raise ValueError(
+                f"the batches of data ({data_form(data)}) cannot be joined into one tensor of "
+                f"examples (x shapes per example: {shapes[:3]})"
+            ) from None
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x and y must have the same length, got {x.shape[0]} and "
+            f"{y.shape[0] if y.ndim else 'a scalar y'}"
+        )
+    return x, y
+
+
+def checked_batch(batch: Any, index: int, form: str | None = None) -> Batch:
+    """Return ``batch`` as ``(x, y)`` or raise one line saying what batch ``index`` was.
+
+    ``form`` (from :func:`data_form`) names the data the batch came from, at the end of the
+    message (left out for a single batch, where it says nothing new).
+    """
+    where = f"batch {index} of data"
+    of = f" (data is {form})" if form and form != _BATCH_FORM else ""
     if not _is_batch(batch):
         raise TypeError(
-            f"batch {index} of data must be a pair (x, y) of tensors, got {type(batch).__name__}"
+            f"{where} must be a pair (x, y) of tensors, got {_describe_item(batch)}; "
+            f"{_NOT_A_PAIR}{of}"
         )
     x, y = batch
     if x.ndim == 0 or x.shape[0] == 0:
-        raise ValueError(f"batch {index} of data is empty (x has shape {tuple(x.shape)})")
+        raise ValueError(f"{where} is empty (x has shape {tuple(x.shape)}){of}")
+    if y.ndim == 0:
+        raise ValueError(
+            f"{where} looks like one example, not a batch (its y is a scalar){of}; pass examples "
+            "as a Dataset (e.g. TensorDataset(x, y)) or batch them with a DataLoader"
+        )
     for name, tensor in (("x", x), ("y", y)):
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ValueError(
-                f"batch {index} of data: {name} holds {bad} non-finite values "
-                "(NaN or inf); the curvature of such a loss is meaningless"
+                f"{where}: {name} holds {bad} non-finite values "
+                f"(NaN or inf); the curvature of such a loss is meaningless{of}"
             )
     return x, y
 
@@ -157,11 +349,9 @@ def warn_mode_dependence(model: nn.Module, mode: str, what: str) -> None:
         else "batch norm uses each batch's statistics, dropout masks come from a fixed seed"
     )
     listed = ", ".join(modules[:4]) + (", ..." if len(modules) > 4 else "")
-    warnings.warn(
+    warn(
         f"batch norm/dropout ({listed}) make {what} depend on the model's mode; "
-        f"using mode={mode!r} ({meaning})",
-        UserWarning,
-        stacklevel=3,
+        f"using mode={mode!r} ({meaning})"
     )
 
 
@@ -217,13 +407,15 @@ class HessianOperator:
             batch the graph of the gradient is cached; build a new operator after changing the
             parameters).
         loss_fn: ``loss_fn(model(x), y)`` -> scalar batch mean.
-        data: a batch ``(x, y)``, a dataset with tensors ``.x``/``.y``, or an iterable of batches
-            (averaged exactly, weighted by batch size). Every pass over a loader must cover the
-            same examples (no ``drop_last`` with shuffling), and in "train" mode with batch norm
-            the same batches (no shuffling), or the operator changes between products.
+        data: any data form of ``ravine.fit`` (see :func:`as_batches`): a batch ``(x, y)``, an
+            ``ArrayDataset`` or ``TensorDataset``, a map-style Dataset of ``(x, y)`` items (one
+            batch of all its examples), a ``DataLoader`` or an iterable of batches (averaged
+            exactly, weighted by batch size). The data are read once, so every product sees the
+            same batches.
         mode: "eval" (default) or "train"; see the module docstring.
         backend: "auto", "double-backward" or "forward-over-reverse".
-        seed: seeds the dropout masks in "train" mode and the probe vector of "auto".
+        seed: seeds the dropout masks in "train" mode, the probe vector of "auto" and the one
+            pass over a shuffling DataLoader.
 
     ``op(v)`` (or ``op.matvec(v)``) returns ``H v`` in ``v``'s dtype; the products are computed
     in the model's dtype. ``op.hvps`` counts the products computed by ``matvec``.
@@ -260,9 +452,9 @@ class HessianOperator:
         self.dtype = self.params[0].dtype
         self.hvps = 0
         self.backend_timings: dict[str, float] = {}
-        batches = as_batches(data)
+        batches = as_batches(data, seed=seed)
         self._batches = batches
-        self._single = isinstance(batches, list) and len(batches) == 1
+        self._single = len(batches) == 1
         self._single_batch: Batch | None = None
         self._cached_grads: tuple[Tensor | None, ...] | None = None
         warn_mode_dependence(model, mode, "the Hessian")
@@ -299,19 +491,15 @@ class HessianOperator:
 
     # ------------------------------------------------------------------ data
     def _iter_batches(self) -> Iterator[tuple[int, Tensor, Tensor]]:
+        # The batches were checked by as_batches; one batch stays on the device between products.
         if self._single:
             if self._single_batch is None:
-                x, y = checked_batch(self._batches[0], 0)
+                x, y = self._batches[0]
                 self._single_batch = (x.to(self.device), y.to(self.device))
             yield 0, *self._single_batch
             return
-        count = 0
-        for i, batch in enumerate(self._batches):
-            x, y = checked_batch(batch, i)
-            count += 1
+        for i, (x, y) in enumerate(self._batches):
             yield i, x.to(self.device), y.to(self.device)
-        if count == 0:
-            raise ValueError("data has no batches")
 
     def _loss(self, x: Tensor, y: Tensor) -> Tensor:
         return scalar_loss(self.loss_fn, self.model(x), y)
@@ -450,9 +638,11 @@ def hvp(
     *,
     mode: str = "eval",
     backend: str = "auto",
+    seed: int = 0,
 ) -> Tensor:
     """One Hessian-vector product ``H v`` of the training loss (see :class:`HessianOperator`).
 
-    ``v`` is flat, ordered like ``model.named_parameters()`` (trainable parameters only).
+    ``v`` is flat, ordered like ``model.named_parameters()`` (trainable parameters only);
+    ``data`` is any form of :func:`as_batches`.
     """
-    return HessianOperator(model, loss_fn, data, mode=mode, backend=backend).matvec(v)
+    return HessianOperator(model, loss_fn, data, mode=mode, backend=backend, seed=seed).matvec(v)

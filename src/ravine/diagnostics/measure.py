@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ravine._validate import check_int, check_positive
-from ravine.diagnostics.hvp import HessianOperator, LossFn
+from ravine.diagnostics.hvp import HessianOperator, LossFn, as_batches
 from ravine.diagnostics.noise import gradient_statistics
 from ravine.diagnostics.spectrum import operator_extremes, operator_trace
 
@@ -76,6 +76,7 @@ def measure(
         check_int("batch_size", batch_size, 1)
     check_int("max_hvps", max_hvps, 1)
     start = time.perf_counter()
+    data = as_batches(data, seed=seed)  # read once: the operator and the noise share the batches
     out: dict[str, float | int | bool] = {}
     if batch_size is not None:
         out["batch_size"] = batch_size

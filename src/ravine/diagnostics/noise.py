@@ -29,7 +29,6 @@ over the chunk is the chunk's gradient.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,13 +42,14 @@ from torch.func import functional_call, grad, vmap
 from ravine._validate import check_int
 from ravine.diagnostics.hvp import (
     LossFn,
+    all_examples,
     as_batches,
     batch_rng,
     check_choice,
-    checked_batch,
     model_mode,
     scalar_loss,
     trainable_parameters,
+    warn,
     warn_mode_dependence,
 )
 from ravine.diagnostics.plots import plot_gradient_noise
@@ -67,31 +67,15 @@ __all__ = [
 PER_EXAMPLE_METHODS = ("auto", "vmap", "loop")
 
 
-def as_tensors(dataset: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` tensors of all examples of ``dataset``.
+def as_tensors(dataset: Any, *, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """``(x, y)`` tensors of all examples of ``dataset``, in order.
 
-    Accepted: a pair ``(x, y)`` of tensors, an object with tensor attributes ``.x`` and ``.y``
-    (``ravine.data.ArrayDataset``), or a map-style dataset whose items are ``(x_i, y_i)``.
+    Accepts every data form of ``ravine.fit`` (a batch ``(x, y)``, an ``ArrayDataset`` or
+    ``TensorDataset``, a map-style Dataset of ``(x_i, y_i)`` items, a ``DataLoader``, an iterable
+    of batches): :func:`~ravine.diagnostics.hvp.all_examples`, the same conversion the Hessian
+    operator uses. ``seed`` fixes the one pass over a shuffling DataLoader.
     """
-    if isinstance(dataset, (tuple, list)) and len(dataset) == 2:
-        x, y = dataset
-    elif isinstance(getattr(dataset, "x", None), Tensor) and isinstance(
-        getattr(dataset, "y", None), Tensor
-    ):
-        x, y = dataset.x, dataset.y
-    elif hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
-        items = [dataset[i] for i in range(len(dataset))]
-        x = torch.stack([torch.as_tensor(item[0]) for item in items])
-        y = torch.stack([torch.as_tensor(item[1]) for item in items])
-    else:
-        raise TypeError(
-            "dataset must be a pair (x, y) of tensors, a dataset with tensors .x and .y, or a "
-            f"map-style dataset of (x_i, y_i) items, got {type(dataset).__name__}"
-        )
-    x, y = checked_batch((x, y), 0)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"x and y must have the same length, got {x.shape[0]} and {y.shape[0]}")
-    return x, y
+    return all_examples(dataset, seed=seed)
 
 
 def _has_train_batch_norm(model: nn.Module, mode: str) -> bool:
@@ -127,11 +111,7 @@ class _PerExample:
     def _fall_back(self, reason: str, method: str) -> None:
         if method == "vmap":
             raise ValueError(f"method='vmap' is not possible here: {reason}")
-        warnings.warn(
-            f"per-example gradients: {reason}; using a loop over examples instead (slower)",
-            UserWarning,
-            stacklevel=4,
-        )
+        warn(f"per-example gradients: {reason}; using a loop over examples instead (slower)")
         self.method = "loop"
 
     def _vmap(self, x: Tensor, y: Tensor) -> list[Tensor]:
@@ -180,8 +160,8 @@ def _chunks(x: Tensor, y: Tensor, chunk_size: int) -> Iterator[tuple[Tensor, Ten
 def per_example_gradients(
     model: nn.Module,
     loss_fn: LossFn,
-    x: Tensor,
-    y: Tensor,
+    x: Any,
+    y: Tensor | None = None,
     *,
     mode: str = "eval",
     method: str = "auto",
@@ -195,9 +175,14 @@ def per_example_gradients(
     ``method="auto"`` vmaps and falls back to a loop with a warning; "vmap" raises instead of
     falling back; "loop" always loops. See the module docstring for batch norm in train mode,
     where examples are coupled within each chunk of ``chunk_size``.
+
+    ``x, y`` are the inputs and targets; or pass any data form of ``ravine.fit`` as ``x`` alone
+    (``y=None``): its examples in order (:func:`as_tensors`, ``seed`` fixing a shuffling
+    DataLoader's pass).
     """
     check_int("chunk_size", chunk_size, 1)
-    x, y = checked_batch((x, y), 0)
+    check_int("seed", seed, 0)
+    x, y = as_tensors(x if y is None else (x, y), seed=seed)
     compute = _PerExample(model, loss_fn, mode, method, seed)
     dim = sum(p.numel() for p in compute.params)
     result = torch.empty(x.shape[0], dim, dtype=compute.params[0].dtype, device=compute.device)
@@ -234,6 +219,14 @@ class GradientStatistics:
             "trace_sigma": self.trace_sigma,
             "b_simple": self.b_simple,
         }
+
+    def __repr__(self) -> str:
+        # One line: the mean gradient (dim floats) is left out; it is .mean_gradient.
+        return (
+            f"GradientStatistics(n_examples={self.n_examples}, "
+            f"grad_sq_norm={self.grad_sq_norm:.4g}, trace_sigma={self.trace_sigma:.4g}, "
+            f"b_simple={self.b_simple:.4g}, method={self.method!r})"
+        )
 
 
 def _statistics(
@@ -279,19 +272,17 @@ def gradient_statistics(
 ) -> GradientStatistics:
     """``|G|²``, ``tr(Σ)`` and ``B_simple`` of ``data`` from its per-example gradients.
 
-    ``data`` is a batch ``(x, y)``, a dataset with tensors ``.x``/``.y``, or an iterable of
-    batches (as for :class:`~ravine.diagnostics.hvp.HessianOperator`). One pass of per-example
-    gradients in chunks of at most ``chunk_size`` examples (see :func:`per_example_gradients`);
-    memory is ``chunk_size × dim``.
+    ``data`` is any data form of ``ravine.fit``, converted as for
+    :class:`~ravine.diagnostics.hvp.HessianOperator` (:func:`~ravine.diagnostics.hvp.as_batches`).
+    One pass of per-example gradients in chunks of at most ``chunk_size`` examples of each batch
+    (see :func:`per_example_gradients`); memory is ``chunk_size × dim``.
     """
     check_int("chunk_size", chunk_size, 1)
+    check_int("seed", seed, 0)
+    batches = as_batches(data, seed=seed)
     warn_mode_dependence(model, mode, "the per-example gradients")
     compute = _PerExample(model, loss_fn, mode, method, seed)
-    chunks = (
-        chunk
-        for index, batch in enumerate(as_batches(data))
-        for chunk in _chunks(*checked_batch(batch, index), chunk_size)
-    )
+    chunks = (chunk for batch in batches for chunk in _chunks(*batch, chunk_size))
     return _statistics(compute, chunks)
 
 
@@ -329,6 +320,17 @@ class GradientNoiseResult:
         out.update({f"std_m{m}": s for m, s in self.std_by_m.items()})
         return out
 
+    def __repr__(self) -> str:
+        sizes = sorted(self.std_by_m)
+        shown = ", ".join(f"{m}: {self.std_by_m[m]:.3g}" for m in sizes[:6])
+        more = f", ... ({len(sizes)} sizes)" if len(sizes) > 6 else ""
+        return (
+            f"GradientNoiseResult(exponent={self.exponent:.3f}, b_simple={self.b_simple:.4g}, "
+            f"trace_sigma={self.trace_sigma:.4g}, grad_sq_norm={self.grad_sq_norm:.4g},\n"
+            f"    std_by_m={{{shown}{more}}}, n_examples={self.n_examples}, "
+            f"n_batches={self.n_batches}, method={self.method!r})"
+        )
+
     def plot(self, path: str | Path) -> Path:
         """Write std vs m as a PNG (:func:`~ravine.diagnostics.plots.plot_gradient_noise`)."""
         return plot_gradient_noise(self, path)
@@ -360,8 +362,9 @@ def gradient_noise(
     ``log std(m)`` against ``log m``.
 
     Args:
-        dataset: a pair ``(x, y)`` of tensors, a dataset with ``.x``/``.y``, or a map-style
-            dataset of ``(x_i, y_i)``.
+        dataset: any data form of ``ravine.fit`` (a batch ``(x, y)``, an ``ArrayDataset`` or
+            ``TensorDataset``, a map-style Dataset of ``(x_i, y_i)``, a ``DataLoader``, an
+            iterable of batches); its examples are taken in order (:func:`as_tensors`).
         batch_sizes: at least two distinct sizes, each between 1 and N.
         n_batches: minibatches per size (>= 2); the relative error of ``std(m)`` falls like
             ``1/sqrt(n_batches)``.
@@ -370,7 +373,7 @@ def gradient_noise(
     check_int("seed", seed, 0)
     check_int("n_batches", n_batches, 2)
     check_int("chunk_size", chunk_size, 1)
-    x, y = as_tensors(dataset)
+    x, y = as_tensors(dataset, seed=seed)
     n = x.shape[0]
     for m in batch_sizes:
         check_int("batch_sizes entries", m, 1)

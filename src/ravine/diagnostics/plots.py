@@ -8,13 +8,25 @@ imports none of the modules whose results it draws (they import it, for their ``
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_spectral_density", "plot_gradient_noise", "plot_history"]
+__all__ = [
+    "plot_spectral_density",
+    "plot_gradient_noise",
+    "plot_history",
+    "negative_mass_sentence",
+    "spectral_density_figure",
+    "history_figure",
+    "NEGLIGIBLE_NEGATIVE",
+]
+
+# |λmin| / λmax below this is negligible negative curvature (classify's saddle threshold).
+NEGLIGIBLE_NEGATIVE = 1e-2
 
 
 def _figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (6.0, 4.0)) -> Any:
@@ -33,23 +45,74 @@ def _save(figure: Any, path: str | Path) -> Path:
     return path
 
 
-def plot_spectral_density(density: Any, path: str | Path) -> Path:
-    """Plot an SLQ density (a :class:`~ravine.diagnostics.spectrum.SpectralDensity`; log scale),
-    its nodes, and the mass below zero; returns ``path``."""
-    figure = _figure()
+def negative_mass_sentence(negative_mass: float, lambda_min: float, lambda_max: float) -> str:
+    """One sentence on the spectral mass below zero, judged against the size of the spectrum.
+
+    The SLQ mass below zero alone is ambiguous: 40% of the eigenvalues can be negative and still
+    be round-off-sized next to λmax (a minimum in practice), or a few can be large (a saddle).
+    The sentence gives the mass with ``|λmin| / λmax``, calling negative curvature *tiny* when
+    that ratio is below ``NEGLIGIBLE_NEGATIVE`` (the threshold of ``classify``'s saddle rule).
+    E.g. "43% of spectral mass below 0, but λmin = -0.037 is tiny relative to λmax = 4.2
+    (|λmin|/λmax = 0.0088)".
+    """
+    lmin, lmax = f"{lambda_min:.3g}", f"{lambda_max:.3g}"
+    if negative_mass <= 0 or lambda_min >= 0:
+        return f"no spectral mass below 0 (λmin = {lmin}, λmax = {lmax})"
+    mass = f"{100 * negative_mass:.3g}% of spectral mass below 0"
+    if lambda_max <= 0:
+        return f"{mass}: every node is <= 0 (λmax = {lmax}), the loss curves down everywhere"
+    ratio = abs(lambda_min) / lambda_max
+    if ratio < NEGLIGIBLE_NEGATIVE:
+        return (
+            f"{mass}, but λmin = {lmin} is tiny relative to λmax = {lmax} "
+            f"(|λmin|/λmax = {ratio:.2g})"
+        )
+    return (
+        f"{mass}, and λmin = {lmin} is large relative to λmax = {lmax} "
+        f"(|λmin|/λmax = {ratio:.2g}): real negative curvature"
+    )
+
+
+def spectral_density_figure(density: Any) -> Any:
+    """The figure of :func:`plot_spectral_density` (a ``matplotlib.figure.Figure``)."""
+    figure = _figure(size=(7.0, 4.4))
     ax = figure.add_subplot()
     floor = max(float(density.density.max()) * 1e-8, 1e-300)
-    ax.semilogy(density.grid, np.maximum(density.density, floor), color="C0")
-    for nodes, weights in zip(density.nodes, density.weights, strict=True):
-        ax.plot(nodes, np.maximum(weights / density.n_probes, floor), "|", color="C1", alpha=0.5)
-    ax.axvline(0.0, color="gray", lw=0.8, ls="--")
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density")
-    ax.set_title(
-        f"Hessian spectral density (SLQ, {density.n_probes} probes); "
-        f"mass below 0: {density.negative_mass:.3g}"
+    ax.semilogy(
+        density.grid,
+        np.maximum(density.density, floor),
+        color="C0",
+        label=f"density (nodes broadened by σ = {density.sigma:.2g})",
     )
-    return _save(figure, path)
+    for index, (nodes, weights) in enumerate(zip(density.nodes, density.weights, strict=True)):
+        ax.plot(
+            nodes,
+            np.maximum(weights / density.n_probes, floor),
+            "|",
+            color="C1",
+            alpha=0.5,
+            label="Lanczos nodes θ (one tick each; height = quadrature weight / probes)"
+            if index == 0
+            else None,
+        )
+    ax.axvline(0.0, color="gray", lw=0.8, ls="--", label="λ = 0")
+    ax.set_xlabel("eigenvalue λ")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="upper right")
+    sentence = negative_mass_sentence(density.negative_mass, density.lambda_min, density.lambda_max)
+    ax.set_title(
+        f"Hessian spectral density (SLQ, {density.n_probes} probes, {density.hvps} HVPs)\n"
+        + textwrap.fill(sentence, 90),
+        fontsize=9,
+    )
+    return figure
+
+
+def plot_spectral_density(density: Any, path: str | Path) -> Path:
+    """Plot an SLQ density (a :class:`~ravine.diagnostics.spectrum.SpectralDensity`; log scale),
+    its quadrature nodes as ticks (explained in the legend) and, in the title, the mass below
+    zero against the size of the spectrum (:func:`negative_mass_sentence`); returns ``path``."""
+    return _save(spectral_density_figure(density), path)
 
 
 def plot_gradient_noise(result: Any, path: str | Path) -> Path:
@@ -85,8 +148,16 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
     """Plot diagnostics recorded during training (one row per measurement, key ``step``).
 
     Panels, each drawn when its keys occur: λmax against the stability bound 2/lr (keys
-    ``lambda_max``, ``lr``), the condition number, B_simple, and the gradient norm.
+    ``lambda_max``, ``lr``), the condition number, B_simple, and the gradient norm; the step
+    axis has integer ticks.
     """
+    return _save(history_figure(rows), path)
+
+
+def history_figure(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """The figure of :func:`plot_history` (a ``matplotlib.figure.Figure``)."""
+    from matplotlib.ticker import MaxNLocator
+
     panels = [
         ("lambda_max", "λmax (vs 2/lr)"),
         ("condition_number", "κ = |λmax|/|λmin|"),
@@ -109,8 +180,9 @@ def plot_history(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
                 ax.semilogy([b[0] for b in bound], [b[1] for b in bound], "--", label="2 / lr")
             ax.legend()
         ax.set_ylabel(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[-1].set_xlabel("step")
-    return _save(figure, path)
+    return figure
 
 
 def _loggable(value: Any) -> bool:

@@ -29,7 +29,7 @@ from ravine.diagnostics.hvp import (
     LossFn,
     check_choice,
 )
-from ravine.diagnostics.plots import plot_spectral_density
+from ravine.diagnostics.plots import negative_mass_sentence, plot_spectral_density
 
 __all__ = [
     "ExtremesResult",
@@ -198,6 +198,21 @@ class ExtremesResult:
             "negative_curvature": self.negative_curvature,
         }
 
+    def __repr__(self) -> str:
+        vectors = [
+            f"{name}: {tuple(v.shape)}"
+            for name, v in (("max", self.eigenvectors_max), ("min", self.eigenvectors_min))
+            if v is not None
+        ]
+        return (
+            f"ExtremesResult(lambda_max={self.lambda_max:.6g}, lambda_min={self.lambda_min:.6g}, "
+            f"condition_number={self.condition_number:.4g}, hvps={self.hvps}, "
+            f"converged={self.converged}, negative_curvature={self.negative_curvature}"
+            + (f", k={len(self.top)}" if len(self.top) > 1 else "")
+            + (f", eigenvectors {', '.join(vectors)}" if vectors else "")
+            + ")"
+        )
+
 
 def operator_extremes(
     matvec: Matvec,
@@ -324,6 +339,13 @@ class TraceResult:
     def to_dict(self) -> dict[str, float | int]:
         """Flat JSON-friendly numbers."""
         return {"trace": self.estimate, "trace_stderr": self.stderr, "trace_hvps": self.hvps}
+
+    def __repr__(self) -> str:
+        # The per-probe samples (one per product) stay out of the repr; they are .samples.
+        return (
+            f"TraceResult(estimate={self.estimate:.6g}, stderr={self.stderr:.2g}, "
+            f"method={self.method!r}, hvps={self.hvps})"
+        )
 
 
 def _stderr(samples: np.ndarray) -> float:
@@ -457,6 +479,15 @@ class SpectralDensity:
             "density_hvps": self.hvps,
         }
 
+    def __repr__(self) -> str:
+        # Nodes, weights and the density on its grid are arrays; the repr gives what they say.
+        return (
+            f"SpectralDensity(n_probes={self.n_probes}, hvps={self.hvps}, "
+            f"lambda_min={self.lambda_min:.4g}, lambda_max={self.lambda_max:.4g}, "
+            f"negative_mass={self.negative_mass:.3g}, sigma={self.sigma:.3g})\n"
+            f"    {negative_mass_sentence(self.negative_mass, self.lambda_min, self.lambda_max)}"
+        )
+
     def plot(self, path: str | Path) -> Path:
         """Write the density as a PNG (:func:`~ravine.diagnostics.plots.plot_spectral_density`)."""
         return plot_spectral_density(self, path)
@@ -532,7 +563,7 @@ def hessian_extremes(
 ) -> ExtremesResult:
     """Largest and smallest Hessian eigenvalues of the training loss, by Lanczos.
 
-    ``data`` is a batch ``(x, y)``, a dataset with ``.x``/``.y`` or an iterable of batches (see
+    ``data`` is any data form of ``ravine.fit`` (:func:`~ravine.diagnostics.hvp.as_batches`; see
     :class:`~ravine.diagnostics.hvp.HessianOperator` for ``mode`` and ``backend``); the other
     arguments are those of :func:`operator_extremes` (``max_hvps`` = ``max_steps``). The start
     vector depends only on ``seed``, so results are reproducible. Ritz vectors (if asked) are

@@ -94,8 +94,9 @@ def line_plot(
     logy: bool = False,
 ) -> Path:
     """Save one line plot as a PNG (:meth:`LinePlotter.save` on a figure of its own)."""
-    return LinePlotter().save(path, series, xlabel=xlabel, ylabel=ylabel, title=title,
-                              hline=hline, logy=logy)
+    return LinePlotter().save(
+        path, series, xlabel=xlabel, ylabel=ylabel, title=title, hline=hline, logy=logy
+    )
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -135,8 +136,11 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     root = Path(run_dir)
     epochs, steps, summary = read_metrics(root / "metrics.jsonl")
     config_path = root / "config.yaml"
-    config = safe_yaml(config_path.read_text(encoding="utf-8"),
-                       str(config_path)) if config_path.exists() else {}
+    config = (
+        safe_yaml(config_path.read_text(encoding="utf-8"), str(config_path))
+        if config_path.exists()
+        else {}
+    )
     config = config or {}
     plots = root / "plots"
     made: list[tuple[str, str]] = []
@@ -153,26 +157,41 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         acc_series = [("train", ep, _column(epochs, "train_acc"))]
         if any("val_acc" in r for r in epochs):
             acc_series.append(("validation", ep, _column(epochs, "val_acc")))
-        plotter.save(plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy",
-                     title="Accuracy")
+        plotter.save(
+            plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy", title="Accuracy"
+        )
         made.append(("Accuracy", "plots/accuracy.png"))
     if steps:
         st = _column(steps, "step")
-        plotter.save(plots / "lr.png", [("lr", st, _column(steps, "lr"))], xlabel="step",
-                     ylabel="learning rate", title="Learning rate")
+        plotter.save(
+            plots / "lr.png",
+            [("lr", st, _column(steps, "lr"))],
+            xlabel="step",
+            ylabel="learning rate",
+            title="Learning rate",
+        )
         made.append(("Learning rate", "plots/lr.png"))
         norms = _column(steps, "grad_norm")
         if any(v is not None for v in norms):
             clip = summary.get("clip_norm")
-            plotter.save(plots / "grad_norm.png", [("pre-clip norm", st, norms)],
-                         xlabel="step", ylabel="gradient norm", title="Gradient norm", logy=True,
-                         hline=None if clip is None else (clip, f"clip_norm = {clip:g}"))
+            plotter.save(
+                plots / "grad_norm.png",
+                [("pre-clip norm", st, norms)],
+                xlabel="step",
+                ylabel="gradient norm",
+                title="Gradient norm",
+                logy=True,
+                hline=None if clip is None else (clip, f"clip_norm = {clip:g}"),
+            )
             made.append(("Gradient norm", "plots/grad_norm.png"))
 
     measured = [
-        {"step": r["step"], **{k.removeprefix("diag_"): v for k, v in r.items()
-                               if k.startswith("diag_")}}
-        for r in epochs if any(k.startswith("diag_") for k in r)
+        {
+            "step": r["step"],
+            **{k.removeprefix("diag_"): v for k, v in r.items() if k.startswith("diag_")},
+        }
+        for r in epochs
+        if any(k.startswith("diag_") for k in r)
     ]
     if measured:
         plot_history(measured, plots / "diagnostics.png")
@@ -181,20 +200,32 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     rows: list[tuple[str, Any]] = [
         ("optimizer", _describe(config.get("optimizer"))),
         ("schedule", _describe(config.get("schedule"))),
-        ("epochs run", f"{summary.get('epochs_run', len(epochs))} of {config.get('epochs', '?')}"
-                       + (" (stopped early)" if summary.get("stopped_early") else "")),
+        (
+            "epochs run",
+            f"{summary.get('epochs_run', len(epochs))} of {config.get('epochs', '?')}"
+            + (" (stopped early)" if summary.get("stopped_early") else ""),
+        ),
     ]
     if summary.get("best_epoch") is not None:
-        rows.append(("best epoch", f"{summary['best_epoch']} ({summary['monitor']} = "
-                                   f"{_cell(summary['best_metric'])})"))
+        rows.append(
+            (
+                "best epoch",
+                f"{summary['best_epoch']} ({summary['monitor']} = {_cell(summary['best_metric'])})",
+            )
+        )
     if epochs:
         last = epochs[-1]
         for key in ("train_loss", "train_acc", "val_loss", "val_acc"):
             if key in last:
                 rows.append((f"final {key}", last[key]))
     if summary.get("returned_epoch") is not None:
-        rows.append(("returned weights", f"epoch {summary['returned_epoch']}"
-                     + (" (best, restored)" if summary["returned_epoch"] != len(epochs) else "")))
+        rows.append(
+            (
+                "returned weights",
+                f"epoch {summary['returned_epoch']}"
+                + (" (best, restored)" if summary["returned_epoch"] != len(epochs) else ""),
+            )
+        )
     for key in ("test_loss", "test_acc"):
         if key in summary:
             rows.append((f"{key} (returned weights)", summary[key]))
@@ -203,19 +234,40 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
 
     parts = [f"# Run report: {root.name}", "", markdown_table(["", ""], rows), ""]
     if epochs:
-        keys = [k for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr",
-                            "grad_norm", "time") if k in epochs[0]]
+        keys = [
+            k
+            for k in (
+                "epoch",
+                "train_loss",
+                "train_acc",
+                "val_loss",
+                "val_acc",
+                "lr",
+                "grad_norm",
+                "time",
+            )
+            if k in epochs[0]
+        ]
         shown = epochs if len(epochs) <= 12 else epochs[:3] + epochs[-9:]
-        parts += ["## Epochs" + (" (first 3 and last 9)" if shown is not epochs else ""), "",
-                  markdown_table(keys, [[r.get(k) for k in keys] for r in shown]), ""]
+        parts += [
+            "## Epochs" + (" (first 3 and last 9)" if shown is not epochs else ""),
+            "",
+            markdown_table(keys, [[r.get(k) for k in keys] for r in shown]),
+            "",
+        ]
     for title, rel in made:
         parts += [f"## {title}", "", f"![{title}]({rel})", ""]
     # Written by `ravine diagnose RUN_DIR`: curvature, noise and advice at one checkpoint.
     diagnosed = root / "diagnostics.md"
     if diagnosed.exists():
-        parts += [diagnosed.read_text(encoding="utf-8").strip(), "",
-                  "![Hessian spectrum](plots/hessian_spectrum.png)", "",
-                  "![Gradient noise](plots/gradient_noise.png)", ""]
+        parts += [
+            diagnosed.read_text(encoding="utf-8").strip(),
+            "",
+            "![Hessian spectrum](plots/hessian_spectrum.png)",
+            "",
+            "![Gradient noise](plots/gradient_noise.png)",
+            "",
+        ]
     report = root / "report.md"
     report.write_text("\n".join(parts), encoding="utf-8")
     return report
