@@ -34,6 +34,7 @@ from ravine.diagnostics.classify import (
 )
 from ravine.diagnostics.hvp import DiagnosticsWarning, HessianOperator, hvp
 from ravine.diagnostics.measure import measure
+from ravine.diagnostics.monitor import Monitor
 from ravine.diagnostics.noise import (
     GradientNoiseResult,
     GradientStatistics,
@@ -82,6 +83,7 @@ __all__ = [
     "Classification",
     "ClassifyThresholds",
     "measure",
+    "Monitor",
     "report",
     "DiagnosticsReport",
     "advice",
