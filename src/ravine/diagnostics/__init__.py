@@ -32,7 +32,10 @@ from ravine.diagnostics.classify import (
     classify,
     classify_numbers,
 )
+from ravine.diagnostics.diagnosis import Budget, diagnose
+from ravine.diagnostics.findings import CODES, Diagnosis, Finding, FindingThresholds, find
 from ravine.diagnostics.hvp import DiagnosticsWarning, HessianOperator, hvp
+from ravine.diagnostics.layerwise import LayerwiseResult, b_simple_interval, layerwise
 from ravine.diagnostics.measure import measure
 from ravine.diagnostics.monitor import Monitor
 from ravine.diagnostics.noise import (
@@ -45,7 +48,16 @@ from ravine.diagnostics.noise import (
     per_example_gradients,
 )
 from ravine.diagnostics.plots import plot_gradient_noise, plot_history, plot_spectral_density
+from ravine.diagnostics.probe import Fork, ProbeResult, probe
 from ravine.diagnostics.report import DiagnosticsReport, report
+from ravine.diagnostics.sharpness import (
+    OptimizerView,
+    curvature_along_gradient,
+    optimizer_view,
+    preconditioned_extremes,
+    stability_bound,
+    step_size,
+)
 from ravine.diagnostics.spectrum import (
     ExtremesResult,
     SpectralDensity,
@@ -57,8 +69,30 @@ from ravine.diagnostics.spectrum import (
     operator_trace,
     spectral_density,
 )
+from ravine.diagnostics.units import DeadUnits, dead_units
 
 __all__ = [
+    "diagnose",
+    "Budget",
+    "Diagnosis",
+    "Finding",
+    "FindingThresholds",
+    "CODES",
+    "find",
+    "layerwise",
+    "LayerwiseResult",
+    "b_simple_interval",
+    "dead_units",
+    "DeadUnits",
+    "probe",
+    "ProbeResult",
+    "Fork",
+    "step_size",
+    "optimizer_view",
+    "OptimizerView",
+    "stability_bound",
+    "preconditioned_extremes",
+    "curvature_along_gradient",
     "DiagnosticsWarning",
     "HessianOperator",
     "hvp",

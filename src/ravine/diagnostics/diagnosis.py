@@ -38,11 +38,11 @@ from ravine._validate import check_int
 from ravine.data.sources import fixed_examples
 from ravine.diagnostics.classify import param_norm
 from ravine.diagnostics.findings import Diagnosis, FindingThresholds
-from ravine.diagnostics.hvp import LossFn, check_choice
-from ravine.diagnostics.layerwise import b_simple_interval, layerwise
-from ravine.diagnostics.measure import measure
-from ravine.diagnostics.noise import as_tensors, gradient_statistics
-from ravine.diagnostics.sharpness import step_size
+from ravine.diagnostics.hvp import DiagnosticsWarning, HessianOperator, LossFn, check_choice
+from ravine.diagnostics.layerwise import layerwise, noise_interval, parameter_blocks
+from ravine.diagnostics.noise import as_tensors
+from ravine.diagnostics.sharpness import optimizer_view, step_size
+from ravine.diagnostics.spectrum import ExtremesResult, operator_extremes
 from ravine.diagnostics.units import dead_units
 from ravine.optim import true_params
 
@@ -50,10 +50,12 @@ __all__ = ["Budget", "diagnose", "DEFAULT_HVPS", "HISTORY_KEYS"]
 
 #: Hessian-vector products of the default budget (about 2-6 s on a 10^4-parameter CNN and
 #: 1024 examples on 2 CPU cores; see BENCHMARKS.md).
-DEFAULT_HVPS = 160
+DEFAULT_HVPS = 100
 #: Keys a caller (a monitor, a run directory) may pass in ``history``.
 HISTORY_KEYS = ("loss_history", "grad_norm_history", "clip_fraction", "clip_norm")
 _CHUNK = 256
+#: Relative Lanczos residual: eigenvalue errors are about its square, ample for the rules.
+TOL = 1e-2
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,7 @@ class Budget:
 
     @classmethod
     def of(cls, budget: Any) -> Budget:
-        """From ``None`` (the default), an int (HVPs), a dict ``{"hvps", "seconds"}`` or a Budget."""
+        """From ``None`` (the default), an int (HVPs), a dict ``{"hvps", "seconds"}``."""
         if budget is None:
             return cls()
         if isinstance(budget, cls):
@@ -139,21 +141,66 @@ def _untouched(model: nn.Module, optimizer: Optimizer | None) -> Iterator[None]:
                     module.training = training
 
 
-def _loss(
-    model: nn.Module, loss_fn: LossFn, batches: list[tuple[Tensor, Tensor]],
-    optimizer: Optimizer | None, mode: str,
-) -> float:
-    """The mean loss over the batches (when no curvature stage measured it)."""
-    with _untouched(model, optimizer), torch.no_grad():
-        model.train(mode == "train")
-        total = sum(float(loss_fn(model(x), y)) * x.shape[0] for x, y in batches)
-    return total / sum(x.shape[0] for x, _ in batches)
-
-
 def _subset(data: Any, examples: int, seed: int) -> tuple[Tensor, Tensor]:
     x, y = as_tensors(data)
     keep = fixed_examples(x.shape[0], examples, seed)
     return x[keep], y[keep]
+
+
+def _chunks(x: Tensor, y: Tensor) -> list[tuple[Tensor, Tensor]]:
+    return [(x[i : i + _CHUNK], y[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)]
+
+
+def _by_block(op: HessianOperator, model: nn.Module, vector: Tensor) -> dict[str, float]:
+    """The squared norm of ``vector``'s part in each layer (leaf module owning parameters)."""
+    parts = op.unflatten(vector)
+    return {
+        name: float(sum(parts[i].double().pow(2).sum() for i in members))
+        for name, members in parameter_blocks(model, op.names, op.params, "module")
+    }
+
+
+def _curvature(
+    model: nn.Module, loss_fn: LossFn, batches: list, spend: _Spend, *, seed: int, mode: str
+) -> tuple[dict[str, Any], ExtremesResult | None]:
+    """Loss, gradient per layer and both ends of the Hessian spectrum (one Lanczos run); the
+    layer holding most of the sharpest direction limits the step."""
+    op = HessianOperator(model, loss_fn, batches, mode=mode, seed=seed)
+    loss, gradient = op.loss_and_gradient()
+    out: dict[str, Any] = {
+        "loss": loss,
+        "grad_norm": float(torch.linalg.vector_norm(gradient)),
+        "n_parameters": op.dim,
+        "layer_grad_norms": {k: math.sqrt(v) for k, v in _by_block(op, model, gradient).items()},
+    }
+    allowed = spend.allows("λmax, λmin and κ (Lanczos)", 60)
+    if allowed is None:
+        return out, None
+    ext = operator_extremes(
+        op.matvec,
+        op.dim,
+        tol=TOL,
+        max_steps=allowed,
+        which="both",
+        seed=seed,
+        device=op.device,
+        eps=float(torch.finfo(op.dtype).eps),
+        return_eigenvectors=True,
+    )
+    spend.hvps += ext.hvps
+    out.update(
+        lambda_max=ext.lambda_max,
+        lambda_min=ext.lambda_min,
+        lambda_max_residual=ext.residual_max,
+        lambda_min_residual=ext.residual_min,
+        condition_number=ext.condition_number,
+        negative_curvature=ext.negative_curvature,
+        lanczos_converged=ext.converged,
+    )
+    if ext.eigenvectors_max is not None:
+        mass = _by_block(op, model, ext.eigenvectors_max[0])
+        out["limiting_layer"] = max(mass, key=mass.__getitem__)
+    return out, ext
 
 
 def diagnose(
@@ -167,9 +214,10 @@ def diagnose(
     seed: int = 0,
     mode: str = "eval",
     budget: Any = None,
-    layers: bool = True,
+    layers: bool = False,
     history: Mapping[str, Any] | None = None,
     examples: int = 1024,
+    curvature_examples: int = 256,
     thresholds: FindingThresholds | None = None,
 ) -> Diagnosis:
     """Why does this network train slowly or blow up, and what should change? Ranked findings.
@@ -178,8 +226,8 @@ def diagnose(
         model: the network at its current parameters.
         loss_fn: ``loss_fn(model(x), y)``, the batch-mean loss.
         data: a batch ``(x, y)``, a dataset (``ArrayDataset``, ``TensorDataset``, any map-style
-            dataset of ``(x, y)`` items) or a DataLoader; a fixed seeded subset of ``examples``
-            of its examples is measured.
+            dataset of ``(x, y)`` items), a DataLoader or an iterable of batches; a fixed seeded
+            subset of ``examples`` of its examples is measured.
         optimizer: any torch optimizer (ravine's or torch's) over the model's parameters: its
             kind, lr, momentum/betas and adaptive state decide the step-size rule.
         lr: overrides the optimizer's learning rate (or gives one without an optimizer).
@@ -190,11 +238,16 @@ def diagnose(
         budget: ``None`` (:data:`DEFAULT_HVPS` Hessian-vector products), an int (HVPs) or a dict
             ``{"hvps": int, "seconds": float}``; stages that do not fit are listed in
             :attr:`Diagnosis.skipped`.
-        layers: also measure the per-layer view (names the layer that limits the step).
+        layers: also run :func:`~ravine.diagnostics.layerwise.layerwise` (λmax of every layer's
+            diagonal Hessian block: several Lanczos runs, within the budget); its numbers join
+            ``numbers["layers"]``. Without it the limiting layer is the one holding most of the
+            sharpest eigenvector.
         history: recent training numbers the caller recorded (:data:`HISTORY_KEYS`):
             ``loss_history``, ``grad_norm_history`` (pre-clip norms), ``clip_fraction``,
             ``clip_norm``.
-        examples: how many examples of ``data`` to measure on.
+        examples: how many examples of ``data`` the gradient statistics use.
+        curvature_examples: how many of those the Hessian-vector products use (the cost of
+            each product grows with it).
         thresholds: the rules' thresholds (:class:`~ravine.diagnostics.findings.FindingThresholds`).
 
     Returns:
@@ -209,6 +262,7 @@ def diagnose(
     """
     check_int("seed", seed, 0)
     check_int("examples", examples, 2)
+    check_int("curvature_examples", curvature_examples, 1)
     check_choice("mode", mode, ("eval", "train"))
     if batch_size is not None:
         check_int("batch_size", batch_size, 1)
@@ -221,53 +275,58 @@ def diagnose(
     spend = _Spend(Budget.of(budget))
     batch_size = batch_size if batch_size is not None else _batch_size_of(data)
     x, y = _subset(data, examples, seed)
-    batches = [(x[i : i + _CHUNK], y[i : i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)]
+    batches, curvature_batches = (
+        _chunks(x, y),
+        _chunks(x[:curvature_examples], y[:curvature_examples]),
+    )
     numbers: dict[str, Any] = {"examples": int(x.shape[0]), "mode": mode}
     if batch_size is not None:
         numbers["batch_size"] = batch_size
     common = {"seed": seed, "mode": mode}
     with _untouched(model, optimizer), warnings.catch_warnings():
-        # said once by the caller (the CLI) or in the docstring; not on every measurement
-        warnings.filterwarnings("ignore", message="batch norm/dropout")
-        stats = gradient_statistics(model, loss_fn, batches, **common)
-        numbers.update(stats.to_dict())
+        # the caller (the CLI, a monitor) says this once; not on every measurement
+        warnings.simplefilter("ignore", DiagnosticsWarning)
+        noise = noise_interval(model, loss_fn, batches, **common)
+        numbers.update(noise.to_dict())
         if batch_size is not None:
-            numbers["noise_std"] = math.sqrt(stats.trace_sigma / batch_size)
-        b, low, high = b_simple_interval(model, loss_fn, batches, **common)
-        numbers.update(b_simple=b, b_simple_low=low, b_simple_high=high)
+            numbers["noise_std"] = math.sqrt(noise.trace_sigma / batch_size)
         numbers.update(dead_units(model, batches, mode=mode).to_dict())
         numbers["param_norm"] = param_norm(model)
-
-        allowed = spend.allows("step size (sharpness)", 60)
-        if allowed is not None:
-            ss = step_size(model, loss_fn, batches, optimizer, lr=lr, max_hvps=allowed, **common)
-            spend.hvps += ss.pop("hvps")
-            numbers.update({k: v for k, v in ss.items() if k != "preconditioner"})
-            if "preconditioner" in ss:
-                numbers["preconditioner"] = ss["preconditioner"]
-        allowed = spend.allows("λmin and κ (both ends of the spectrum)", 80)
-        if allowed is not None:
-            ends = measure(
-                model, loss_fn, batches, ("loss", "grad_norm", "lambda_max", "lambda_min"),
-                max_hvps=allowed, **common,
+        curvature, ends = _curvature(model, loss_fn, curvature_batches, spend, **common)
+        numbers.update(curvature)
+        adaptive = optimizer is not None and optimizer_view(optimizer).adaptive
+        allowed = spend.allows("preconditioned sharpness", 40) if adaptive else 0
+        if allowed is not None and (optimizer is not None or lr is not None):
+            steps = step_size(
+                model,
+                loss_fn,
+                curvature_batches,
+                optimizer,
+                lr=lr,
+                tol=TOL,
+                max_hvps=max(allowed, 1),
+                hessian_top=ends,
+                **common,
             )
-            spend.hvps += ends.pop("hvps")
-            ends.pop("seconds")
-            numbers.update(ends)
+            spend.hvps += steps.pop("hvps")
+            steps.pop("loss")
+            numbers.update(steps)
         if layers:
             allowed = spend.allows("per-layer curvature", 60)
             if allowed is not None:
                 per_layer = layerwise(
-                    model, loss_fn, batches, optimizer=optimizer, max_hvps=max(allowed // 4, 8),
+                    model,
+                    loss_fn,
+                    curvature_batches,
+                    optimizer=optimizer,
+                    max_hvps=max(allowed // 4, 8),
+                    trace_hvps=4,
                     **common,
                 )
                 spend.hvps += per_layer.hvps
                 numbers["limiting_layer"] = per_layer.limiting_layer
-                numbers["layer_grad_norms"] = {r.name: r.grad_norm for r in per_layer.rows}
-    if "loss" not in numbers:
-        numbers["loss"] = _loss(model, loss_fn, batches, optimizer, mode)
-    for key, value in history.items():
-        numbers[key] = value
+                numbers["layers"] = per_layer.to_dict()
+    numbers.update(history)
     numbers["hvps"] = spend.hvps
     numbers["seconds"] = spend.elapsed()
     return Diagnosis.from_numbers(numbers, skipped=spend.skipped, thresholds=thresholds)

@@ -241,6 +241,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "dead_fraction",
         "dead_by_layer",
         "hooked_layers",
+        "layers",
         "grad_norm_history",
         "loss_history",
         # bookkeeping

@@ -65,7 +65,16 @@ from ravine.diagnostics.plots import _figure, _save
 from ravine.diagnostics.spectrum import operator_extremes, operator_trace
 from ravine.optim.base import true_params
 
-__all__ = ["LayerRow", "LayerwiseResult", "layerwise", "b_simple_interval", "plot_layerwise"]
+__all__ = [
+    "LayerRow",
+    "LayerwiseResult",
+    "NoiseInterval",
+    "layerwise",
+    "b_simple_interval",
+    "noise_interval",
+    "parameter_blocks",
+    "plot_layerwise",
+]
 
 BY = ("module", "parameter")
 ROOT = "(root)"
@@ -202,10 +211,11 @@ def _block_name(module_name: str) -> str:
     return module_name or ROOT
 
 
-def _blocks(
+def parameter_blocks(
     model: nn.Module, names: Sequence[str], params: Sequence[Tensor], by: str
 ) -> list[tuple[str, list[int]]]:
-    """``(block name, indices into params)`` in parameter order."""
+    """``(block name, indices into params)`` in parameter order: each leaf module owning
+    parameters (``by="module"``) or each parameter tensor (``by="parameter"``)."""
     if by == "parameter":
         return [(name, [i]) for i, name in enumerate(names)]
     index = {id(p): i for i, p in enumerate(params)}
@@ -443,7 +453,7 @@ def layerwise(
             raise ValueError("optimizer holds none of the model's trainable parameters")
     batches = as_batches(data)
     op = HessianOperator(model, loss_fn, batches, mode=mode, seed=seed)
-    blocks = _blocks(model, names, params, by)
+    blocks = parameter_blocks(model, names, params, by)
     loss, gradient = op.loss_and_gradient()
     per_example = _per_example_matrix(model, loss_fn, batches, mode, seed)
 
@@ -531,6 +541,35 @@ def _bootstrap_components(
     return grad_sq, trace, corrected_grad_sq.numpy(), corrected_trace.numpy()
 
 
+@dataclass(frozen=True)
+class NoiseInterval:
+    """B_simple with its bootstrap interval, and the plug-in statistics of the sample.
+
+    Attributes:
+        b_simple, low, high: see :func:`b_simple_interval`.
+        grad_sq_norm, trace_sigma: the plug-in ``|Ĝ|²`` and ``tr Σ̂`` of the examples (as
+            :func:`~ravine.diagnostics.noise.gradient_statistics` reports them).
+        n_examples: N.
+    """
+
+    b_simple: float
+    low: float
+    high: float
+    grad_sq_norm: float
+    trace_sigma: float
+    n_examples: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        """``b_simple``, ``b_simple_low``, ``b_simple_high``, ``grad_sq_norm``, ``trace_sigma``."""
+        return {
+            "b_simple": self.b_simple,
+            "b_simple_low": self.low,
+            "b_simple_high": self.high,
+            "grad_sq_norm": self.grad_sq_norm,
+            "trace_sigma": self.trace_sigma,
+        }
+
+
 def b_simple_interval(
     model: nn.Module,
     loss_fn: LossFn,
@@ -541,6 +580,21 @@ def b_simple_interval(
     seed: int = 0,
     mode: str = "eval",
 ) -> tuple[float, float, float]:
+    """``(estimate, low, high)`` of :func:`noise_interval` (see there)."""
+    result = noise_interval(model, loss_fn, data, n_boot=n_boot, level=level, seed=seed, mode=mode)
+    return result.b_simple, result.low, result.high
+
+
+def noise_interval(
+    model: nn.Module,
+    loss_fn: LossFn,
+    data: Any,
+    *,
+    n_boot: int = 200,
+    level: float = 0.9,
+    seed: int = 0,
+    mode: str = "eval",
+) -> NoiseInterval:
     """``B_simple = tr(Σ) / |G|²`` of the distribution ``data`` was drawn from, with a bootstrap
     confidence interval over the examples.
 
@@ -580,7 +634,7 @@ def b_simple_interval(
         mode: "eval" or "train" (see :func:`~ravine.diagnostics.noise.per_example_gradients`).
 
     Returns:
-        ``(estimate, low, high)``.
+        a :class:`NoiseInterval` (the estimate, the interval and the plug-in statistics).
     """
     check_choice("mode", mode, MODES)
     check_int("n_boot", n_boot, 2)
@@ -602,12 +656,13 @@ def b_simple_interval(
         ratios = np.where(resampled_grad_sq > 0, resampled_trace / resampled_grad_sq, math.inf)
     tail = (1 - level) / 2
     lower, upper = (float(q) for q in np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf"))
+    stats = {"grad_sq_norm": float(grad_sq), "trace_sigma": float(trace), "n_examples": n}
     if not math.isfinite(estimate):
-        return estimate, lower, math.inf
+        return NoiseInterval(estimate, lower, math.inf, **stats)
     plug_in = trace / grad_sq
     low = estimate * plug_in / upper if math.isfinite(upper) else 0.0
     high = estimate * plug_in / lower if lower > 0 else math.inf
-    return estimate, low, high
+    return NoiseInterval(estimate, low, high, **stats)
 
 
 # ---------------------------------------------------------------------------- plot

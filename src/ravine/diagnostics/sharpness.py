@@ -647,6 +647,7 @@ def step_size(
     seed: int = 0,
     tol: float = 1e-3,
     max_hvps: int = 100,
+    hessian_top: ExtremesResult | None = None,
 ) -> dict[str, Any]:
     """Is the learning rate stable for the current curvature? Flat numbers for logs and advice.
 
@@ -680,6 +681,10 @@ def step_size(
         lr: overrides the optimizer's learning rate (or gives one without an optimizer).
         seed: the Lanczos start vector (and dropout masks in "train" mode).
         tol, max_hvps: Lanczos tolerance and budget for the sharpness.
+        hessian_top: λmax of ``H`` already measured on the same data (a Lanczos result, e.g.
+            both ends of the spectrum at once); used as the sharpness of the SGD family instead
+            of a second Lanczos run. Ignored for adaptive optimizers, whose sharpness is the
+            preconditioned one.
     """
     if lr is not None:
         check_positive("lr", lr)
@@ -712,7 +717,10 @@ def step_size(
         p_flat = _flat_preconditioner(op, pre)  # type: ignore[arg-type]
         matvec = _scaled_matvec(op, p_flat.rsqrt())
         direction = g / p_flat
-    ext = _top(op, matvec, tol=tol, max_steps=max_hvps, seed=seed)
+    if hessian_top is not None and not adaptive:
+        ext = hessian_top
+    else:
+        ext = _top(op, matvec, tol=tol, max_steps=max_hvps, seed=seed)
     out["sharpness"] = ext.lambda_max
     out["sharpness_kind"] = "preconditioned" if adaptive else "hessian"
     out["lanczos_converged"] = ext.converged

@@ -24,7 +24,6 @@ measured separately at each call, named ``"name[k]"`` for its k-th call.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,6 +39,7 @@ from ravine.diagnostics.hvp import (
     check_choice,
     checked_batch,
     model_mode,
+    warn,
 )
 
 __all__ = ["DeadUnits", "dead_units", "HOOKED"]
@@ -170,10 +170,8 @@ def dead_units(model: nn.Module, data: Any, *, mode: str = "eval", seed: int = 0
         for (name, call), units in alive.items()
     }
     if not counts:
-        warnings.warn(
+        warn(
             "dead_units: no nn.ReLU, nn.ReLU6 or nn.Threshold module ran in the forward pass; "
-            "activations applied as functions (F.relu) cannot be hooked",
-            UserWarning,
-            stacklevel=2,
+            "activations applied as functions (F.relu) cannot be hooked"
         )
     return DeadUnits(counts=counts, n_examples=n_examples, hooked_layers=len(counts))
