@@ -37,6 +37,7 @@ from ravine.diagnostics.findings import CODES, Diagnosis, Finding, FindingThresh
 from ravine.diagnostics.hvp import DiagnosticsWarning, HessianOperator, hvp
 from ravine.diagnostics.layerwise import LayerwiseResult, b_simple_interval, layerwise
 from ravine.diagnostics.measure import measure
+from ravine.diagnostics.monitor import Monitor
 from ravine.diagnostics.noise import (
     GradientNoiseResult,
     GradientStatistics,
@@ -116,6 +117,7 @@ __all__ = [
     "Classification",
     "ClassifyThresholds",
     "measure",
+    "Monitor",
     "report",
     "DiagnosticsReport",
     "advice",
