@@ -352,3 +352,40 @@ def test_non_scalar_loss_is_refused():
     mon = Monitor(model, F.cross_entropy, problem(), make_optimizer("sgd", model))
     with pytest.raises(ValueError, match=r"loss must be a scalar, got a tensor of shape \(2,\)"):
         mon.step(torch.ones(2))
+
+
+def test_auto_schedule_keeps_measuring_below_the_target_overhead():
+    # a slow "training step" (sleep) against a real measurement: "auto" spaces measurements so
+    # that measuring stays near target_overhead of the wall time, whatever each one costs
+    import time as _time
+
+    torch.manual_seed(0)
+    model = build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = Monitor(
+        model,
+        F.cross_entropy,
+        problem(1),
+        opt,
+        budget={"hvps": 10, "seconds": 0.05},
+        target_overhead=0.2,
+    )
+    for _ in range(120):
+        _time.sleep(0.01)
+        mon.step()
+    assert len(mon.records) >= 1
+    ratio = mon.overhead.ratio
+    assert ratio < 1 + 0.2 + 0.15, ratio  # the last measurement may land at the very end
+
+
+@pytest.mark.parametrize("every", ["sometimes", 0, -3])
+def test_bad_schedules_are_one_line_errors(every):
+    model = build()
+    with pytest.raises(ValueError, match="every"):
+        Monitor(
+            model,
+            F.cross_entropy,
+            problem(1),
+            torch.optim.SGD(model.parameters(), lr=0.1),
+            every=every,
+        )

@@ -103,6 +103,11 @@ class _Spend:
         self.hvps = 0
         self.skipped: list[str] = []
 
+    @property
+    def deadline(self) -> float | None:
+        """The ``time.perf_counter()`` value at which the time budget runs out."""
+        return None if self.budget.seconds is None else self.start + self.budget.seconds
+
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
@@ -186,6 +191,7 @@ def _curvature(
         device=op.device,
         eps=float(torch.finfo(op.dtype).eps),
         return_eigenvectors=True,
+        deadline=spend.deadline,
     )
     spend.hvps += ext.hvps
     out.update(
@@ -306,6 +312,7 @@ def diagnose(
                 tol=TOL,
                 max_hvps=max(allowed, 1),
                 hessian_top=ends,
+                deadline=spend.deadline,
                 **common,
             )
             spend.hvps += steps.pop("hvps")

@@ -69,20 +69,32 @@ __all__ = [
     "DEFAULT_WINDOW",
 ]
 
-# From benchmarks/monitor_overhead.py on the MNIST-1D CNN (batch 100, one CPU thread, a loaded
-# 2-core machine): a training step took 11.5 ms and a measurement at DEFAULT_BUDGET 7.6 s, so
-# 1.10x needs at least ~6600 steps between measurements; 10000 leaves a margin (~1.07x).
-DEFAULT_EVERY = 10000
+#: The default schedule: measure whenever the training time since the last measurement is at
+#: least the last measurement's cost divided by ``target_overhead`` (so measuring adds at most
+#: that fraction to the wall time, whatever the model, data or machine).
+DEFAULT_EVERY = "auto"
+DEFAULT_TARGET_OVERHEAD = 0.10
 DEFAULT_BUDGET: dict[str, float] = {"hvps": 40, "seconds": 3.0}
 DEFAULT_WINDOW = 1000
 MODES = ("eval", "train")
 
 
 def check_schedule(
-    *, every: int, window: int, seed: int, mode: str, batch_size: int | None
+    *,
+    every: int | str,
+    window: int,
+    seed: int,
+    mode: str,
+    batch_size: int | None,
+    target_overhead: float = DEFAULT_TARGET_OVERHEAD,
 ) -> None:
     """Validate :class:`Monitor`'s scheduling options (one-line ``ValueError`` naming the value)."""
-    check_int("every", every, 1)
+    if every != "auto":
+        if isinstance(every, str):
+            raise ValueError(f"every must be an integer >= 1 or 'auto', got {every!r}")
+        check_int("every", every, 1)
+    if not isinstance(target_overhead, (int, float)) or not 0 < target_overhead <= 10:
+        raise ValueError(f"target_overhead must be in (0, 10], got {target_overhead!r}")
     check_int("window", window, 1)
     check_int("seed", seed, 0)
     if batch_size is not None:
@@ -123,7 +135,13 @@ class Monitor:
         optimizer: the optimizer being stepped (any ``torch.optim.Optimizer``); its learning
             rate and state enter the findings, and for ravine's interim-point optimizers the
             measurement is taken at the true ``θ``.
-        every: measure after every ``every``-th call of :meth:`step` (>= 1).
+        every: "auto" (the default): measure when the training time since the last
+            measurement reaches the last measurement's cost divided by ``target_overhead`` (the
+            first one after ``budget``'s seconds / ``target_overhead`` of training, 3 s /
+            ``target_overhead`` without a time budget), so the monitor adds about
+            ``target_overhead`` to the wall time at most; or an integer: after every
+            ``every``-th call of :meth:`step`.
+        target_overhead: the wall-time fraction "auto" allows the measurements (default 0.10).
         budget: ``diagnose``'s budget: ``None``, a number of Hessian-vector products, or
             ``{"hvps": int, "seconds": float}``.
         log: a JSONL file; one line per measurement is appended (earlier lines are kept).
@@ -140,8 +158,9 @@ class Monitor:
         probe_data: Any,
         optimizer: torch.optim.Optimizer,
         *,
-        every: int = DEFAULT_EVERY,
+        every: int | str = DEFAULT_EVERY,
         budget: int | dict[str, float] | None = DEFAULT_BUDGET,
+        target_overhead: float = DEFAULT_TARGET_OVERHEAD,
         log: str | Path | None = None,
         seed: int = 0,
         mode: str = "eval",
@@ -156,7 +175,15 @@ class Monitor:
             raise TypeError(
                 f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
-        check_schedule(every=every, window=window, seed=seed, mode=mode, batch_size=batch_size)
+        check_schedule(
+            every=every,
+            window=window,
+            seed=seed,
+            mode=mode,
+            batch_size=batch_size,
+            target_overhead=target_overhead,
+        )
+        self.target_overhead = float(target_overhead)
         self.model, self.loss_fn, self.probe_data = model, loss_fn, probe_data
         self.optimizer = optimizer
         self.every, self.budget, self.seed, self.mode = every, budget, seed, mode
@@ -172,6 +199,9 @@ class Monitor:
         self._start: float | None = None
         self._last: float | None = None
         self._measuring = 0.0
+        # "auto": the training time (wall time between steps minus measuring) due for the next
+        seconds = budget.get("seconds") if isinstance(budget, dict) else None
+        self._due_at = (seconds or 3.0) / self.target_overhead
 
     @property
     def clip_norm(self) -> float | None:
@@ -215,7 +245,7 @@ class Monitor:
                 self._grad_norms.append((self.steps, norm))
             if clipped is not None:
                 self._clipped.append(clipped)
-        diagnosis = self.measure() if self.steps % self.every == 0 else None
+        diagnosis = self.measure() if self._due(entered) else None
         now = time.perf_counter()
         if self._start is None:
             self._start = now
@@ -223,6 +253,13 @@ class Monitor:
             self._measuring += now - entered
         self._last = now
         return diagnosis
+
+    def _due(self, now: float) -> bool:
+        if self.every != "auto":
+            return self.steps % self.every == 0
+        if self._start is None:
+            return False
+        return (now - self._start) - self._measuring >= self._due_at
 
     def history(self) -> dict[str, Any]:
         """The per-step windows as ``diagnose`` receives them: ``loss_history`` and
@@ -262,6 +299,9 @@ class Monitor:
         }
         self.records.append(record)
         self.latest = diagnosis
+        if self._start is not None:
+            training = (start - self._start) - self._measuring
+            self._due_at = training + record["seconds"] / self.target_overhead
         if self.log is not None:
             line = json.dumps(json_ready(record), default=_json_default) + "\n"
             self.log.parent.mkdir(parents=True, exist_ok=True)

@@ -648,6 +648,7 @@ def step_size(
     tol: float = 1e-3,
     max_hvps: int = 100,
     hessian_top: ExtremesResult | None = None,
+    deadline: float | None = None,
 ) -> dict[str, Any]:
     """Is the learning rate stable for the current curvature? Flat numbers for logs and advice.
 
@@ -685,6 +686,7 @@ def step_size(
             both ends of the spectrum at once); used as the sharpness of the SGD family instead
             of a second Lanczos run. Ignored for adaptive optimizers, whose sharpness is the
             preconditioned one.
+        deadline: a ``time.perf_counter()`` value at which the Lanczos run stops early.
     """
     if lr is not None:
         check_positive("lr", lr)
@@ -720,7 +722,7 @@ def step_size(
     if hessian_top is not None and not adaptive:
         ext = hessian_top
     else:
-        ext = _top(op, matvec, tol=tol, max_steps=max_hvps, seed=seed)
+        ext = _top(op, matvec, tol=tol, max_steps=max_hvps, seed=seed, deadline=deadline)
     out["sharpness"] = ext.lambda_max
     out["sharpness_kind"] = "preconditioned" if adaptive else "hessian"
     out["lanczos_converged"] = ext.converged

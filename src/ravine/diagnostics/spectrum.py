@@ -14,6 +14,7 @@ its basis and reorthogonalizes fully against it (classical Gram-Schmidt, twice).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,6 +228,7 @@ def operator_extremes(
     device: torch.device | str = "cpu",
     eps: float = float(np.finfo(np.float64).eps),
     return_eigenvectors: bool = False,
+    deadline: float | None = None,
 ) -> ExtremesResult:
     """Largest and smallest eigenvalues of a symmetric operator by Lanczos (one run, both ends).
 
@@ -251,6 +253,8 @@ def operator_extremes(
         device: where the Lanczos vectors live.
         eps: relative round-off of ``matvec`` (sets the negative-curvature threshold).
         return_eigenvectors: also return the Ritz vectors.
+        deadline: a ``time.perf_counter()`` value after which the run stops (with
+            ``converged`` false unless it had converged), for callers with a time budget.
     """
     check_int("dim", dim, 1)
     check_int("k", k, 1)
@@ -272,6 +276,8 @@ def operator_extremes(
         )
 
     def stop(state: _Lanczos) -> bool:
+        if deadline is not None and time.perf_counter() > deadline:
+            return True
         # Each check diagonalizes T_j (O(j³)); past 100 steps, check every 1 + j//100 steps,
         # which costs at most ~1% extra products.
         if state.steps > 100 and state.steps % (1 + state.steps // 100):

@@ -73,7 +73,7 @@ class DiagnosticsCallback(pl.Callback):
         probe_data: Any,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         *,
-        every: int = DEFAULT_EVERY,
+        every: int | str = DEFAULT_EVERY,
         budget: int | dict[str, float] | None = DEFAULT_BUDGET,
         log: str | Path | None = None,
         report_dir: str | Path | None = None,
