@@ -18,7 +18,7 @@ from torch.utils.data import Dataset, TensorDataset
 from ravine import models, optim
 from ravine.commands import EXIT_USAGE, main
 from ravine.commands._runload import load_run
-from ravine.commands.probe import parse_fix
+from ravine.commands.probe import finding_fixes, parse_fix
 from ravine.data import EpochBatches
 from ravine.data.sources import fixed_examples
 from ravine.diagnostics.probe import probe
@@ -492,7 +492,12 @@ def test_ravine_probe_writes_its_files_and_starts_at_the_checkpoint(run_dir, tmp
     assert main(["probe", str(run_dir), "--steps", "3", "--quiet", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     data = json.loads((out / "probe.json").read_text())
-    assert [f["label"] for f in data["forks"]] == ["baseline", "lr x 0.5", "lr x 2"]
+    # the default forks: lr x 0.5, lr x 2 and the fix of every finding of diagnose() there
+    loaded = load_run(run_dir, "last", true_params=False)
+    findings = finding_fixes(loaded, torch.nn.functional.cross_entropy, seed=4)
+    labels = ["baseline", "lr x 0.5", "lr x 2"] + [code for code, _ in findings]
+    assert [f["label"] for f in data["forks"]] == labels
+    assert [f["fix"] for f in data["forks"][3:]] == [fix for _, fix in findings]
     assert all(f["examples"] == 3 * 20 for f in data["forks"])
     assert "lr x 0.5" in printed and "wrote:" in printed
     assert "lr x 2" in (out / "probe.md").read_text()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from ravine import data, fit, models, optim
+from ravine import data, diagnostics, fit, models, optim
 from ravine.commands import main
 from ravine.commands.diagnose import diagnose_run
 from ravine.data.sources import fixed_examples
@@ -147,3 +147,32 @@ def test_diagnose_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     assert main(["diagnose", str(run_dir), "--checkpoint", "init", "--examples", "64"]) == 0
     out = capsys.readouterr().out
     assert "(init):" in out and "wrote:" in out
+
+
+def test_diagnose_json_uses_the_runs_own_optimizer_and_step(run_dir, capsys):
+    assert main(["diagnose", str(run_dir), "--json", "--examples", "128"]) == 0
+    payload = json.loads(capsys.readouterr().out)
+    numbers = payload["numbers"]
+    # the run's recorded optimizer (adaptive: preconditioned sharpness) at the last step's lr
+    assert numbers["optimizer"] == "rmsprop-nesterov"
+    assert numbers["sharpness_kind"] == "preconditioned"
+    steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    last_lr = [r["lr"] for r in steps if r.get("kind") == "step"][-1]
+    assert numbers["lr"] == pytest.approx(last_lr)
+    assert numbers["clip_norm"] == 1.0 and 0.0 <= numbers["clip_fraction"] <= 1.0
+    assert payload["findings"], "a diagnosis always has at least one finding"
+    assert all(f["code"] in diagnostics.CODES for f in payload["findings"])
+    written = json.loads((run_dir / "diagnostics.json").read_text())
+    assert [f["code"] for f in written["findings"]] == [f["code"] for f in payload["findings"]]
+
+
+def test_diagnose_a_config_that_differs_from_the_run_uses_the_run(run_dir, tmp_path, capsys):
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["optimizer"] = {"name": "sgd", "lr": 0.5}
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["diagnose", str(path), "--examples", "64"]) == 0
+    out = capsys.readouterr().out
+    assert "differs from the run's recorded one" in out and "optimizer" in out
+    written = json.loads((run_dir / "diagnostics.json").read_text())
+    assert written["numbers"]["optimizer"] == "rmsprop-nesterov"

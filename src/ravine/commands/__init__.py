@@ -9,8 +9,9 @@ Commands (one module each in this package):
     CONFIG.yaml`` does the same across machines (:mod:`ravine.train.distributed`).
 ``ravine demo [--out DIR] [--quick] [--seed N] [--jobs N]``
     Compare the lecture's optimizers on MNIST-1D (:mod:`ravine.commands.demo`).
-``ravine diagnose RUN_DIR [--checkpoint init|best|last] [--examples N] [--out DIR]``
-    Curvature, gradient noise and advice at a run's checkpoint (:mod:`ravine.commands.diagnose`).
+``ravine diagnose RUN_DIR [--checkpoint init|best|last] [--examples N] [--out DIR] [--json]``
+    Ranked findings (with fixes), curvature and gradient noise at a run's checkpoint
+    (:mod:`ravine.commands.diagnose`).
 ``ravine probe RUN_DIR [--checkpoint last|best] [--steps N] [--fix KEY=VALUE ...] [--out DIR]``
     Fork short continuations (current settings and candidate fixes) from a checkpoint and rank
     them by loss decrease (:mod:`ravine.commands.probe`).
@@ -127,14 +128,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_demo)
 
     diagnose = commands.add_parser(
-        "diagnose", help="curvature, gradient noise and advice at a run's checkpoint"
+        "diagnose", help="ranked findings, curvature and gradient noise at a run's checkpoint"
     )
     diagnose.add_argument("path", help="a run directory (or a training config)")
     diagnose.add_argument("--checkpoint", choices=("init", "best", "last"), default="last",
                           help="which weights to diagnose (default: last)")
-    diagnose.add_argument("--examples", type=positive_int, default=2048,
-                          help="training examples the measurements use (default: 2048)")
+    diagnose.add_argument("--examples", type=positive_int, default=1024,
+                          help="training examples the measurements use (default: 1024)")
     diagnose.add_argument("--out", default=None, help="output folder (default: the run dir)")
+    diagnose.add_argument("--json", action="store_true",
+                          help="print the diagnosis (findings, numbers, skipped) as JSON")
     diagnose.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     diagnose.set_defaults(handler=_diagnose)
 

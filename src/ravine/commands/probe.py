@@ -4,7 +4,9 @@ The run is loaded at its checkpoint by :func:`ravine.commands._runload.load_run`
 optimizer the run recorded with its state, the learning rate in force; at ``last`` the exact
 interim-point pair, so the baseline fork continues as the run would have, apart from the
 example order and the schedule, which forks hold constant). :func:`ravine.diagnostics.probe.probe`
-then trains the baseline and one fork per ``--fix`` (default: lr × 0.5 and lr × 2) on the run's
+then trains the baseline and one fork per ``--fix`` (default: lr × 0.5, lr × 2 and the ``fix`` of
+every finding of :func:`ravine.diagnostics.diagnose` at the same checkpoint, so the report says
+whether each finding's advice actually helped this model) on the run's
 training split with its loss and batch size, each on ``--steps × batch_size`` examples, and the
 command prints the ranked table and writes ``probe.json``, ``probe.md`` and ``plots/probe.png``
 into the run directory (or ``--out``), each atomically. Forks train in fp32 on shuffle-then-
@@ -21,13 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ravine._checks import suggest
 from ravine._io import YAMLError, json_ready, safe_yaml, write_atomic, write_json_atomic
 from ravine.commands._runload import LoadedRun, load_run
-from ravine.diagnostics.probe import FIX_KEYS, ProbeResult, probe
+from ravine.commands.diagnose import run_history
+from ravine.diagnostics import DiagnosticsWarning, diagnose
+from ravine.diagnostics.probe import DEFAULT_FIXES, FIX_KEYS, ProbeResult, probe
 from ravine.train.metrics import loss_for, resolve_loss
 
 __all__ = ["parse_fix", "probe_run", "probe_command", "PROBE_CHECKPOINTS"]
@@ -60,6 +65,25 @@ def parse_fix(text: str) -> dict[str, Any]:
     return fix
 
 
+def finding_fixes(loaded: LoadedRun, loss_fn: Any, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, fix)`` of each finding of :func:`~ravine.diagnostics.diagnose` (default budget)
+    at the loaded checkpoint, with the run's optimizer, batch size and step history."""
+    config = loaded.config
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DiagnosticsWarning)
+        diagnosis = diagnose(
+            loaded.model,
+            loss_fn,
+            loaded.run.splits.train,
+            optimizer=loaded.optimizer,
+            lr=loaded.lr,
+            batch_size=config.batch_size,
+            seed=seed,
+            history=run_history(loaded.steps, config.clip_norm),
+        )
+    return [(f.code, dict(f.fix)) for f in diagnosis.findings if f.fix]
+
+
 def probe_run(
     path: str | Path,
     *,
@@ -77,7 +101,8 @@ def probe_run(
         path: a run directory written by ``ravine train`` or a training config file.
         checkpoint: ``last`` or ``best``.
         steps: baseline steps per fork (forks see ``steps × batch_size`` examples).
-        fixes: fix dicts (default: lr × 0.5, lr × 2).
+        fixes: fix dicts (default: lr × 0.5, lr × 2 and each diagnosis finding's fix, labelled
+            by its code).
         out: where to write (default: the run directory).
         seed: seed of the example order and the evaluation subset (default: the run's seed).
         progress: show a progress bar on standard error.
@@ -93,6 +118,11 @@ def probe_run(
         loss["compute_loss"] = config.compute_loss
     else:
         loss["loss_fn"] = resolve_loss(loss_for(config.loss, train))[0]
+    seed = config.seed if seed is None else seed
+    if fixes is None:
+        fixes = list(DEFAULT_FIXES)
+        if "loss_fn" in loss:
+            fixes += finding_fixes(loaded, loss["loss_fn"], seed)
     result = probe(
         loaded.model,
         loaded.optimizer,
@@ -101,7 +131,7 @@ def probe_run(
         fixes=fixes,
         steps=steps,
         batch_size=config.batch_size,
-        seed=config.seed if seed is None else seed,
+        seed=seed,
         device=config.device,
         progress=progress,
     )
@@ -133,7 +163,12 @@ def _print_table(result: ProbeResult, title: str) -> None:
         "decrease / s",
         "helped",
     ):
-        table.add_column(name, justify="left" if name in ("fork", "helped") else "right")
+        table.add_column(
+            name,
+            justify="left" if name in ("fork", "helped") else "right",
+            overflow="fold",
+            min_width=15 if name == "fork" else None,
+        )
     for rank, label in enumerate(result.ranking, 1):
         f = result.fork(label)
         helped = "—" if f.helped is None else ("yes" if f.helped else "no")

@@ -183,6 +183,11 @@ def report(
         examples=n,
     )
     merged = {**quick.numbers, **numbers}
+    # B_simple travels with its bootstrap interval (a bias-corrected estimate; see
+    # layerwise.noise_interval), not with the plug-in ratio measured above
+    for key in ("b_simple", "b_simple_low", "b_simple_high"):
+        if key in quick.numbers:
+            merged[key] = quick.numbers[key]
     if optimizer is None:
         # without an optimizer the settings say which rule applies; its bound is recomputed
         for key in ("lr_bound", "lr_ratio"):
