@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench gallery clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/diagnostics_overhead.py
 	$(PY) benchmarks/ddp_throughput.py
 	$(PY) benchmarks/collect.py
+
+gallery: $(VENV)/.installed
+	$(VENV)/bin/ravine gallery --out gallery
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks

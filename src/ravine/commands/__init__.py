@@ -15,6 +15,8 @@ Commands (one module each in this package):
 ``ravine probe RUN_DIR [--checkpoint last|best] [--steps N] [--fix KEY=VALUE ...] [--out DIR]``
     Fork short continuations (current settings and candidate fixes) from a checkpoint and rank
     them by loss decrease (:mod:`ravine.commands.probe`).
+``ravine gallery [--out DIR] [--quick] [--only NAME ...] [--seed N]``
+    The lecture's claims as measured figures with captions (:mod:`ravine.commands.gallery`).
 ``ravine compare SUITE.yaml ...`` and ``ravine tune CONFIG.yaml ...``
     Benchmark suites and Optuna studies (:mod:`ravine.commands.compare`,
     :mod:`ravine.commands.tune`); they parse their own arguments.
@@ -76,6 +78,12 @@ def _probe(args: argparse.Namespace) -> int:
     from ravine.commands.probe import probe_command
 
     return probe_command(args)
+
+
+def _gallery(args: argparse.Namespace) -> int:
+    from ravine.commands.gallery import gallery_command
+
+    return gallery_command(args)
 
 
 def _compare(argv: Sequence[str]) -> int:
@@ -140,6 +148,20 @@ def build_parser() -> argparse.ArgumentParser:
                           help="print the diagnosis (findings, numbers, skipped) as JSON")
     diagnose.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     diagnose.set_defaults(handler=_diagnose)
+
+    gallery = commands.add_parser(
+        "gallery", help="the lecture's claims as measured figures with captions"
+    )
+    gallery.add_argument("--out", default="gallery", help="output folder (default: gallery)")
+    gallery.add_argument("--quick", action="store_true",
+                         help="reduced versions (fewer seeds and steps, about a minute)")
+    gallery.add_argument("--only", nargs="+", metavar="NAME", default=None,
+                         help="run only these entries")
+    gallery.add_argument("--seed", type=seed_int, default=0, help="base seed (default 0)")
+    gallery.add_argument("--verbose", action="store_true", help="print every caption")
+    gallery.add_argument("--quiet", action="store_true", help="no progress bar")
+    gallery.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    gallery.set_defaults(handler=_gallery)
 
     probe = commands.add_parser(
         "probe", help="fork short continuations with candidate fixes and rank them"
