@@ -32,7 +32,9 @@ Rules (thresholds are the fields of :class:`FindingThresholds`; sources in brack
     of large-batch training") is the batch size where noise and signal balance; the lecture's
     "ERM Gradient Properties" (std ∝ 1/√m) is why. Fires only when the whole confidence interval
     is far away: ``m < b_simple_low / batch_factor`` (noise-dominated steps) or
-    ``m > batch_factor · b_simple_high`` (wasted compute). Fix: ``batch_size ≈ B_simple`` (at most
+    ``m > batch_factor · b_simple_high`` (wasted compute); an infinite ``B_simple`` with a finite
+    ``b_simple_low`` (the mean gradient not resolved by the examples measured) is judged by that
+    lower bound. Fix: ``batch_size ≈ B_simple`` (its lower bound when infinite; at most
     ``n_examples``) with the learning rate scaled linearly with the batch (Goyal et al. 2017;
     square-root scaling for adaptive methods, Malladi et al. 2022), capped at
     ``safe_fraction · lr_bound``.
@@ -784,23 +786,29 @@ def _batch(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[Find
     m, b = n.num("batch_size"), n.num("b_simple")
     if m is None or b is None:
         return [], "batch size: needs batch_size and b_simple"
-    if math.isinf(b):
-        return [], "batch size: B_simple is infinite (zero full-batch gradient)"
     low = n.num("b_simple_low")
     high = n.num("b_simple_high")
+    # An infinite estimate from the unbiased |G|² (noise_interval) is not "no gradient": the
+    # mean gradient is not resolved by the examples measured, and the bootstrap still gives a
+    # finite lower bound, which is all the batch-too-small test needs.
+    if math.isinf(b) and (low is None or not 0 < low < math.inf):
+        return [], "batch size: B_simple is infinite (zero full-batch gradient)"
     low = b if low is None else low
     high = b if high is None else high
     evidence = {"batch_size": m, "b_simple": b, "b_simple_low": low, "b_simple_high": high}
     interval = f" (interval {_fmt(low)}–{_fmt(high)})" if low != b or high != b else ""
+    scale = f"≈ {_fmt(b)}{interval}"
+    if math.isinf(b):
+        scale = f">= {_fmt(low)} (the mean gradient is not resolved by the examples measured)"
     cap = n.num("n_examples")
-    suggested = max(1, round(b))
+    suggested = max(1, round(b if math.isfinite(b) else low))
     if cap is not None:
         suggested = min(suggested, int(cap))
     if m * th.batch_factor < low:
         code, score = "batch-too-small", low / (th.batch_factor * m)
         text = (
-            f"The batch size {int(m)} is far below the gradient noise scale B_simple ≈ "
-            f"{_fmt(b)}{interval}: minibatch gradients are dominated "
+            f"The batch size {int(m)} is far below the gradient noise scale B_simple "
+            f"{scale}: minibatch gradients are dominated "
             f"by noise. A batch near {suggested} cuts the number of steps almost proportionally"
         )
     elif m > th.batch_factor * high:
