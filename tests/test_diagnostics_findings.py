@@ -212,6 +212,14 @@ def test_ill_conditioned_from_kappa_and_from_the_chapter_test():
         "ill-conditioned",
     )
     assert found.fix == {"optimizer": "momentum", "momentum": 0.9} and "O(√κ)" in found.message
+    # with the run's lr the momentum fix keeps the effective step ε/(1 − α)
+    with_lr = one({"lr": 0.02, "condition_number": 1e4, "lambda_max": 10.0, "lambda_min": 1e-3,
+                   "optimizer": "sgd", "lr_ratio": 0.1}, "ill-conditioned")
+    assert with_lr.fix["lr"] == pytest.approx(0.02 * (1 - 0.9))
+    # inputs on very different scales: standardize them
+    scaled = one({"input_scale_ratio": 2e5}, "ill-conditioned")
+    assert scaled.fix == {"standardize": True} and "2e+05" in scaled.message
+    assert "ill-conditioned" not in codes({"input_scale_ratio": 50.0})
     # κ is computed when not given; negative λmin (a saddle) is not ill-conditioning.
     assert "ill-conditioned" in codes({"lambda_max": 10.0, "lambda_min": 1e-3})
     assert "ill-conditioned" not in codes({"lambda_max": 10.0, "lambda_min": -1e-3})

@@ -146,6 +146,18 @@ def _untouched(model: nn.Module, optimizer: Optimizer | None) -> Iterator[None]:
                     module.training = training
 
 
+def input_scale_ratio(x: Tensor) -> float:
+    """max/min over input features of their mean square E[x_j²] (features that are 0 on every
+    example left out; ``nan`` for non-float inputs such as token ids)."""
+    if not x.is_floating_point() or x.dim() < 2:
+        return math.nan
+    squares = x.detach().double().pow(2).mean(dim=0).flatten()
+    squares = squares[squares > 0]
+    if squares.numel() < 2:
+        return math.nan
+    return float(squares.max() / squares.min())
+
+
 def _subset(data: Any, examples: int, seed: int) -> tuple[Tensor, Tensor]:
     x, y = as_tensors(data)
     keep = fixed_examples(x.shape[0], examples, seed)
@@ -298,6 +310,7 @@ def diagnose(
             numbers["noise_std"] = math.sqrt(noise.trace_sigma / batch_size)
         numbers.update(dead_units(model, batches, mode=mode).to_dict())
         numbers["param_norm"] = param_norm(model)
+        numbers["input_scale_ratio"] = input_scale_ratio(x)
         curvature, ends = _curvature(model, loss_fn, curvature_batches, spend, **common)
         numbers.update(curvature)
         adaptive = optimizer is not None and optimizer_view(optimizer).adaptive

@@ -45,8 +45,11 @@ Rules (thresholds are the fields of :class:`FindingThresholds`; sources in brack
     terms is ``ε/(2ε*)`` and at most ``ελmax/2 <= 1`` within the SGD bound, so the rule fires when
     it exceeds ``ill_second_order`` (0.5: the step overshoots the best step ε* along the gradient)
     although ε is within the stability bound: the gradient lies in the sharp directions, and the
-    flat ones get steps of relative size ελ ≪ 1. Fix: momentum for SGD
-    [lecture, "Momentum"], an adaptive method for momentum [lecture, "Adaptive Step Sizes"].
+    flat ones get steps of relative size ελ ≪ 1. Or the inputs' per-feature mean squares span more
+    than ``input_scale`` [LeCun et al. 1998, "Efficient BackProp" §4.3: the first layer's
+    curvature follows E[xxᵀ]]. Fix: standardized inputs for the last; momentum for SGD (with
+    lr × (1 − α), the same effective step) [lecture, "Momentum"], an adaptive method for momentum
+    [lecture, "Adaptive Step Sizes"].
 ``saddle`` (warning)
     Significant negative curvature, ``λmin < −saddle_negative · λmax`` and ``|λmin|`` above its
     Lanczos residual, with a gradient that cannot make progress relative to the loss: the
@@ -134,7 +137,8 @@ CODES: dict[str, tuple[str, str]] = {
         "lecture 'ERM Gradient Properties'; McCandlish et al. 2018",
     ),
     "ill-conditioned": (
-        "κ > ill_conditioned with λmin > 0, or ½ε²gᵀHg > ill_second_order · εgᵀg within bound",
+        "κ > ill_conditioned with λmin > 0, ½ε²gᵀHg > ill_second_order · εgᵀg within bound, "
+        "or input features' mean squares spanning > input_scale",
         "lecture 'Conditioning', 'Momentum'; Goodfellow et al. 2016 §8.2.1 eq. 8.10",
     ),
     "saddle": (
@@ -242,6 +246,7 @@ KNOWN_KEYS: frozenset[str] = frozenset(
         "layer_grad_norms",
         "dead_fraction",
         "dead_by_layer",
+        "input_scale_ratio",
         "hooked_layers",
         "layers",
         "grad_norm_history",
@@ -282,6 +287,8 @@ class FindingThresholds:
         batch_factor: how far (as a factor) the batch must be from the B_simple interval.
         ill_conditioned: κ above which a positive-definite Hessian is ill-conditioned.
         ill_second_order: ``½ε²gᵀHg / εgᵀg = ε/(2ε*)`` above which the step is curvature-bound.
+        input_scale: spread (max/min) of the inputs' per-feature mean squares above which the
+            inputs make the loss ill-conditioned.
         saddle_negative: τ of ``λmin < −τ·λmax`` (well above round-off and Lanczos error).
         saddle_gradient: largest descent-lemma fraction ``|G|²/(2λ(L − loss_floor))`` of a saddle.
         loss_floor: the smallest loss the model can reach (0 for cross-entropy and MSE).
@@ -300,6 +307,7 @@ class FindingThresholds:
     batch_factor: float = 10.0
     ill_conditioned: float = ILL_CONDITIONED
     ill_second_order: float = 0.5
+    input_scale: float = 1e4
     saddle_negative: float = SADDLE_NEGATIVE
     saddle_gradient: float = SADDLE_GRADIENT
     loss_floor: float = 0.0
@@ -756,14 +764,40 @@ def _conditioning(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[li
             f"{_fmt(dominance)} of the first although ε is within the stability bound: the "
             "gradient points along the sharp directions"
         )
-    if kappa is None and dominance is None:
-        return [], "ill-conditioned: needs condition_number with lambda_min, or gTg, gHg and lr"
+    # Inputs on very different scales (LeCun et al. 1998, "Efficient BackProp" §4.3): the first
+    # layer's Hessian block is shaped by E[x xᵀ], so per-feature second moments spread over
+    # orders of magnitude make the loss ill-conditioned whatever the network does later.
+    spread = n.num("input_scale_ratio")
+    if spread is not None and spread > th.input_scale:
+        evidence.update(input_scale_ratio=spread)
+        score = max(score, spread / th.input_scale)
+        reasons.append(
+            f"the input features' mean squares span a factor {_fmt(spread)}, so the first "
+            "layer's curvature does too"
+        )
+    if kappa is None and dominance is None and spread is None:
+        return [], (
+            "ill-conditioned: needs condition_number with lambda_min, gTg, gHg and lr, or "
+            "input_scale_ratio"
+        )
     if not reasons:
         return [], ""
     opt = ctx.optimizer or "sgd"
-    if opt == "sgd":
-        fix: dict[str, Any] = {"optimizer": "momentum", "momentum": 0.9}
-        action = "Use momentum (α = 0.9) or Nesterov; adaptive methods help further."
+    if spread is not None and spread > th.input_scale:
+        fix: dict[str, Any] = {"standardize": True}
+        action = (
+            "Standardize the inputs (zero mean, unit variance per feature: `data.standardize: "
+            "true` in a config); momentum or an adaptive method helps when that is not possible."
+        )
+    elif opt == "sgd":
+        # heavy ball's effective step is ε/(1−α): keep the step the run had
+        fix = {"optimizer": "momentum", "momentum": 0.9}
+        if lr is not None and not (ctx.lr_up or ctx.lr_down):  # else the lr finding owns lr
+            fix["lr"] = lr * (1 - 0.9)
+        action = (
+            "Use momentum (α = 0.9, with lr × (1 − α) to keep the effective step) or Nesterov; "
+            "adaptive methods help further."
+        )
     elif opt in ("momentum", "nesterov"):
         fix = {"optimizer": "adam"}
         action = "Try an adaptive method (Adam, RMSProp), which rescales each parameter."
