@@ -443,6 +443,9 @@ def for_data(
         sized["in_length"] = shape[0]
     elif kind == "cnn2d":
         if len(shape) != 3:
-            raise ValueError(f"kind 'cnn2d' needs images (C, S, S), the data has shape {shape}")
+            raise ValueError(
+                f"kind 'cnn2d' needs images (C, S, S) per example, the data has shape {shape}"
+                + ("; for flat features use kind mlp" if len(shape) == 1 else "")
+            )
         sized.update(in_channels=shape[0], image_size=shape[1])
     return build({**sized, **spec})

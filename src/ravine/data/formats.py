@@ -162,6 +162,8 @@ def load_csv(
         dtype=dtype,
         info={"classes": classes, "label": label, "features": features},
         where=where,
+        locate_x=lambda index: f"row {lines[index[0]]}, column {features[index[1]]!r}",
+        locate_y=lambda i: f"row {lines[i]}, column {label!r}",
     )
 
 
