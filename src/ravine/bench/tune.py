@@ -22,6 +22,7 @@ import copy
 import json
 import math
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -352,11 +353,19 @@ def _interrupts() -> Iterator[list[int]]:
         seen.append(signum)
         raise KeyboardInterrupt
 
+    def unraisable(info: Any) -> None:
+        # the Ctrl-C is recorded in ``seen``: no "Exception ignored" traceback for it
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            hook(info)
+
+    hook = sys.unraisablehook
     previous = signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
     try:
         yield seen
     finally:
         signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
 
 
 def optimize(
