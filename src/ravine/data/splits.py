@@ -23,9 +23,8 @@ The ``check_*`` functions validate the source options all loaders share (fractio
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ravine._checks import suggest
 from ravine.data.arrays import ArrayDataset
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "check_bool",
     "check_fraction",
     "check_task",
-    "closest",
     "encode_labels",
     "make_splits",
     "split_arrays",
@@ -93,12 +92,6 @@ class Splits:
 # --------------------------------------------------------------------------- validation helpers
 
 
-def closest(value: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the option closest to ``value``, or ``""`` if none is close."""
-    close = difflib.get_close_matches(str(value), list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def check_fraction(name: str, value: Any, *, allow_zero: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     low = 0 <= value if ok and allow_zero else ok and 0 < value
@@ -134,7 +127,7 @@ def as_dtype(dtype: Any) -> torch.dtype:
         return _DTYPES[dtype]
     raise ValueError(
         f"dtype must be a floating torch.dtype or one of {', '.join(_DTYPES)}, got {dtype!r}"
-        f"{closest(str(dtype), _DTYPES)}"
+        f"{suggest(str(dtype), _DTYPES)}"
     )
 
 
@@ -142,7 +135,7 @@ def check_task(task: Any) -> None:
     if task not in (None, "classification", "regression"):
         raise ValueError(
             f"task must be None, 'classification' or 'regression', got {task!r}"
-            f"{closest(str(task), ['classification', 'regression'])}"
+            f"{suggest(str(task), ['classification', 'regression'])}"
         )
 
 
