@@ -15,12 +15,16 @@ import typing
 from collections.abc import Iterable, Sequence
 from typing import Annotated, Any, Literal, Union
 
+import numpy as np
 from pydantic import BaseModel, Tag, ValidationError
 
 __all__ = [
     "ConfigError",
     "OptionError",
     "suggest",
+    "check_choice",
+    "check_int",
+    "check_positive",
     "check_options",
     "validation_message",
     "format_validation_error",
@@ -43,6 +47,31 @@ def suggest(word: str, choices: Iterable[str], prefix: str = "") -> str:
     """``"; did you mean 'x'?"`` for the closest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f"; did you mean {prefix + close[0]!r}?" if close else ""
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    """``value`` if it is one of ``allowed``, else ``ValueError``: ``"<name> must be one of 'a',
+    'b', got 'x'; did you mean 'a'?"``."""
+    if isinstance(value, str) and value in allowed:
+        return value
+    options = ", ".join(repr(a) for a in allowed)
+    hint = suggest(value, allowed)
+    raise ValueError(f"{name} must be one of {options}, got {shown(value)}{hint}")
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    """Raise ``ValueError`` unless ``value`` is an integer ``>= minimum``."""
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {shown(value)}")
+
+
+def check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite real number ``> 0`` (``>= 0``)."""
+    ok = isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool)
+    ok = ok and bool(np.isfinite(value)) and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {shown(value)}")
 
 
 def check_options(given: Iterable[str], valid: Sequence[str], owner: str) -> None:

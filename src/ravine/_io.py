@@ -107,4 +107,13 @@ def safe_yaml(text: str, source: str) -> Any:
     if _expanded_size(node, {}) > YAML_NODE_BUDGET:
         raise YAMLError(f"{source}: its aliases expand to more than {YAML_NODE_BUDGET} YAML "
                         "nodes; refusing to read it (write the values out instead)")
-    return yaml.SafeLoader(text).get_single_data()
+    try:
+        return yaml.SafeLoader(text).get_single_data()
+    except yaml.YAMLError as exc:  # e.g. an unknown tag (!!python/object)
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise YAMLError(f"{source}: invalid YAML{where}: {problem}") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # a value PyYAML parses but cannot construct, e.g. the date 0000-00-00
+        raise YAMLError(f"{source}: invalid YAML value ({' '.join(str(exc).split())})") from None

@@ -46,7 +46,6 @@ Example:
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 import numbers
@@ -59,6 +58,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import _WeightNorm, weight_norm
 
+from ravine._checks import check_choice, suggest
+
 __all__ = ["NORMS", "ACTIVATIONS", "mlp", "cnn1d", "cnn2d", "param_groups", "build", "kinds"]
 
 NORMS = ("none", "batch", "layer", "weight")
@@ -70,14 +71,6 @@ ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 # Module types whose every parameter is a normalization gain or offset.
 _NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm)
-
-
-def _choice(name: str, value: Any, allowed: Sequence[str]) -> str:
-    if isinstance(value, str) and value in allowed:
-        return value
-    close = difflib.get_close_matches(str(value), allowed, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, got {value!r}{hint}")
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -176,9 +169,9 @@ def mlp(
     features = math.prod(_int_tuple("in_features", in_features))
     widths = _int_tuple("hidden", hidden)
     _positive_int("out_features", out_features)
-    norm = _choice("norm", norm, NORMS)
+    norm = check_choice("norm", norm, NORMS)
     dropout = _dropout(dropout)
-    activation = _choice("activation", activation, tuple(ACTIVATIONS))
+    activation = check_choice("activation", activation, tuple(ACTIVATIONS))
 
     blocks: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     for i, width in enumerate(widths):
@@ -210,9 +203,9 @@ def _cnn(
     odd = isinstance(kernel_size, int) and not isinstance(kernel_size, bool) and kernel_size % 2
     if not odd or kernel_size < 1:
         raise ValueError(f"kernel_size must be an odd integer >= 1, got {kernel_size!r}")
-    norm = _choice("norm", norm, NORMS)
+    norm = check_choice("norm", norm, NORMS)
     dropout = _dropout(dropout)
-    activation = _choice("activation", activation, tuple(ACTIVATIONS))
+    activation = check_choice("activation", activation, tuple(ACTIVATIONS))
     conv_type, batch_norm_type = (
         (nn.Conv1d, nn.BatchNorm1d) if len(spatial) == 1 else (nn.Conv2d, nn.BatchNorm2d)
     )
@@ -394,16 +387,14 @@ def build(spec: dict[str, Any]) -> nn.Module:
         raise ValueError(f"model spec must be a dict with a 'kind' key, got {type(spec).__name__}")
     if "kind" not in spec:
         raise ValueError(f"model spec needs a 'kind' key, one of {', '.join(_BUILDERS)}")
-    kind = _choice("model kind", spec["kind"], tuple(_BUILDERS))
+    kind = check_choice("model kind", spec["kind"], tuple(_BUILDERS))
     builder = _BUILDERS[kind]
     kwargs = {key: value for key, value in spec.items() if key != "kind"}
     parameters = inspect.signature(builder).parameters
     for key in kwargs:
         if key not in parameters:
-            close = difflib.get_close_matches(key, list(parameters), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"unknown key {key!r} for model kind {kind!r}{hint} "
+                f"unknown key {key!r} for model kind {kind!r}{suggest(key, parameters)} "
                 f"(allowed: {', '.join(parameters)})"
             )
     missing = [
@@ -443,6 +434,9 @@ def for_data(
         sized["in_length"] = shape[0]
     elif kind == "cnn2d":
         if len(shape) != 3:
-            raise ValueError(f"kind 'cnn2d' needs images (C, S, S), the data has shape {shape}")
+            raise ValueError(
+                f"kind 'cnn2d' needs images (C, S, S) per example, the data has shape {shape}"
+                + ("; for flat features use kind mlp" if len(shape) == 1 else "")
+            )
         sized.update(in_channels=shape[0], image_size=shape[1])
     return build({**sized, **spec})

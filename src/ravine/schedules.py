@@ -41,7 +41,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import difflib
 import math
 import numbers
 import warnings
@@ -59,6 +58,8 @@ from torch.optim.lr_scheduler import (
     ReduceLROnPlateau,
     StepLR,
 )
+
+from ravine._checks import suggest
 
 __all__ = [
     "linear_decay",
@@ -106,11 +107,6 @@ def _non_negative(name: str, value: Any) -> float:
     if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value!r}")
     return value
-
-
-def _suggest(value: str, allowed: Sequence[str]) -> str:
-    close = difflib.get_close_matches(value, allowed, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _base_lrs(optimizer: Optimizer) -> list[float]:
@@ -500,7 +496,7 @@ def wrap_user_scheduler(schedule: LRScheduler, interval: str | None = None) -> L
             f"got {type(schedule).__name__}"
         )
     if interval is not None and interval not in INTERVALS:
-        hint = _suggest(str(interval), INTERVALS)
+        hint = suggest(str(interval), INTERVALS)
         raise ValueError(f"interval must be 'step' or 'epoch', got {interval!r}{hint}")
     if is_epoch_driven(schedule):
         return schedule
@@ -636,7 +632,7 @@ def _reduce_on_plateau(
     threshold = _non_negative("threshold", threshold)
     if mode not in PLATEAU_MODES:
         raise ValueError(
-            f"mode must be 'min' or 'max', got {mode!r}{_suggest(str(mode), PLATEAU_MODES)}"
+            f"mode must be 'min' or 'max', got {mode!r}{suggest(str(mode), PLATEAU_MODES)}"
         )
     min_lr = _non_negative("min_lr", min_lr)
     _check_below_base("min_lr", min_lr, optimizer)
@@ -746,7 +742,7 @@ def create(
     """
     if name not in _FACTORIES:
         raise ValueError(
-            f"unknown schedule {name!r}{_suggest(str(name), names())} "
+            f"unknown schedule {name!r}{suggest(str(name), names())} "
             f"(choose from {', '.join(names())})"
         )
     _base_lrs(optimizer)
@@ -764,7 +760,7 @@ def create(
         if key not in allowed:
             options = ", ".join(allowed) if allowed else "none"
             raise ValueError(
-                f"unknown option {key!r} for schedule {name!r}{_suggest(key, allowed)} "
+                f"unknown option {key!r} for schedule {name!r}{suggest(key, allowed)} "
                 f"(options: {options})"
             )
     options = {key: value for key, value in kw.items() if value is not None}

@@ -216,7 +216,7 @@ def _tune(
             progress.done()
 
     if todo:
-        study.optimize(step, n_trials=len(todo))
+        tune.optimize(study, step, len(todo))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
         raise RuntimeError(f"no tuning trial of {opt.label} on {problem.label} completed")

@@ -25,7 +25,6 @@ errors into one line that names the key and suggests the closest valid one.
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -43,7 +42,7 @@ from pydantic import (
 
 from ravine import optim
 from ravine._checks import ConfigError as RunConfigError
-from ravine._checks import format_validation_error
+from ravine._checks import format_validation_error, suggest
 from ravine._io import YAMLError, safe_yaml
 from ravine.bench.problems import ProblemSpec
 
@@ -148,7 +147,7 @@ class OptimizerSpec(BaseModel):
         for key, value in list((self.model_extra or {}).items()):
             if key not in valid:
                 raise ValueError(
-                    f"{self.name} has no hyperparameter {key!r}{_did_you_mean(key, valid)} "
+                    f"{self.name} has no hyperparameter {key!r}{suggest(key, valid)} "
                     f"(valid: {', '.join(['lr', *valid])})"
                 )
             if isinstance(value, dict):
@@ -305,11 +304,6 @@ def _unique(what: str, labels: list[str]) -> None:
                 f"{'name' if what == 'problem' else 'label'}"
             )
         seen.add(label)
-
-
-def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

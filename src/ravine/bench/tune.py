@@ -17,9 +17,14 @@ name share the study: each runs its ``--trials`` trials, and every trial is reco
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import math
-from collections.abc import Callable, Sequence
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +54,7 @@ __all__ = [
     "make_pruner",
     "finished_trials",
     "fail_stale_trials",
+    "optimize",
     "run_trials",
     "best_suite",
     "find_search_spaces",
@@ -67,7 +73,8 @@ def open_storage(url: str | None, default: str | Path) -> optuna.storages.BaseSt
     file at ``default``.
 
     Raises:
-        ValueError: for a URL that is neither ``journal:PATH`` nor an RDB URL.
+        ValueError: for a URL that is neither ``journal:PATH`` nor an RDB URL, or a storage that
+            cannot be opened and read (a damaged or foreign file: one line naming it).
     """
     if url is None:
         Path(default).parent.mkdir(parents=True, exist_ok=True)
@@ -77,16 +84,82 @@ def open_storage(url: str | None, default: str | Path) -> optuna.storages.BaseSt
         if not path:
             raise ValueError("storage 'journal:PATH' needs a file path after 'journal:'")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-        return JournalStorage(JournalFileBackend(path))
+        return _checked(url, path, lambda: _journal_storage(path))
     scheme = url.split("://", 1)[0].split("+", 1)[0]
     if "://" not in url or scheme not in RDB_SCHEMES:
         raise ValueError(
             f"storage must be 'journal:PATH' or an RDB URL such as sqlite:///study.db or "
             f"postgresql://user@host/db, got {url!r}"
         )
-    return optuna.storages.RDBStorage(url)
+    path = url.split(":///", 1)[1] if scheme == "sqlite" and ":///" in url else None
+    return _checked(url, path, lambda: _rdb_storage(url))
+
+
+def _journal_storage(path: str) -> optuna.storages.BaseStorage:
+    """``JournalStorage(JournalFileBackend(path))``, refusing a file with a line that is not a
+    whole JSON record: Optuna skips a torn last line when reading, but appends after it, which
+    makes every later read of the file fail."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    if Path(path).exists():
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, start=1):
+                try:
+                    record = json.loads(line) if line.endswith(b"\n") else None
+                except ValueError:
+                    record = None
+                if not isinstance(record, dict):
+                    raise ValueError(f"line {number} is not a whole journal record")
+    return JournalStorage(JournalFileBackend(path))
+
+
+def _rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """``RDBStorage(url)``, refusing a database that another program wrote: Optuna would add its
+    tables to it, and only creates the tables that are missing, so a foreign ``trials`` table
+    would fail at the first trial, mid-run."""
+    import sqlalchemy
+    from optuna.storages._rdb import models  # Optuna's table definitions (no public alias)
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        tables = sqlalchemy.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    if tables and "version_info" not in tables:
+        raise ValueError(f"it holds another program's tables: {', '.join(tables[:3])}"
+                         f"{', ...' if len(tables) > 3 else ''}")
+    storage = optuna.storages.RDBStorage(url)
+    inspector = sqlalchemy.inspect(storage.engine)
+    for table in models.BaseModel.metadata.sorted_tables:
+        have = {column["name"] for column in inspector.get_columns(table.name)}
+        missing = [column.name for column in table.columns if column.name not in have]
+        if missing:
+            raise ValueError(f"table {table.name!r} lacks the column {missing[0]!r}: not a "
+                             "database Optuna wrote")
+    return storage
+
+
+def _checked(url: str, path: str | None,
+             open_: Callable[[], optuna.storages.BaseStorage]) -> optuna.storages.BaseStorage:
+    """``open_()``, with every study read once, so that a damaged storage fails here, in one
+    line naming its file, instead of as a sqlalchemy or JSON traceback in the middle of a run."""
+    try:
+        storage = open_()
+        storage.get_all_studies()
+    # Any failure of a third-party storage while it is opened and read means it is unusable:
+    # sqlalchemy errors (not a database, a foreign schema), JSON and UTF-8 errors of a journal,
+    # Optuna's own StorageInternalError, a refused connection.
+    except Exception as exc:
+        cause = " ".join(str(exc).split()) or type(exc).__name__
+        cause = cause if len(cause) <= 100 else cause[:96] + " ..."
+        if path is not None:
+            raise ValueError(
+                f"storage {url!r}: {path} is not a readable Optuna study ({cause}); move it "
+                "aside (or name another file) and rerun; the trials recorded in it run again"
+            ) from None
+        raise ValueError(f"storage {url!r} cannot be opened ({cause})") from None
+    return storage
 
 
 def worst_value(mode: str) -> float:
@@ -242,11 +315,14 @@ def run_trials(
     pruning: bool,
     epochs: int,
     callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+    alone: bool = False,
 ) -> optuna.Study:
     """Create or join the study ``study_name`` in ``storage`` and run ``trials`` trials.
 
     Other processes may add trials to the same study at the same time; each trial is recorded
-    once. ``mode`` says whether the objective is minimized (``"min"``) or maximized.
+    once. ``mode`` says whether the objective is minimized (``"min"``) or maximized. ``alone``
+    says that no other process works on the study, so that trials left RUNNING by a killed or
+    interrupted run are marked FAIL (:func:`fail_stale_trials`).
     """
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -257,8 +333,73 @@ def run_trials(
         pruner=make_pruner(pruning, epochs),
         load_if_exists=True,
     )
-    study.optimize(objective, n_trials=trials, callbacks=list(callbacks))
+    if alone:
+        fail_stale_trials(study)
+    optimize(study, objective, trials, callbacks)
     return study
+
+
+@contextlib.contextmanager
+def _interrupts() -> Iterator[list[int]]:
+    """Ctrl-C as usual (``KeyboardInterrupt``), also recorded in the yielded list: a Ctrl-C that
+    lands in a garbage-collection callback (sqlalchemy's, torch's) is swallowed by Python
+    ("Exception ignored in ..."), and the trial would run on as if nothing had happened."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    def unraisable(info: Any) -> None:
+        # the Ctrl-C is recorded in ``seen``: no "Exception ignored" traceback for it
+        if not isinstance(info.exc_value, KeyboardInterrupt):
+            hook(info)
+
+    hook = sys.unraisablehook
+    previous = signal.signal(signal.SIGINT, handler)
+    sys.unraisablehook = unraisable
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        sys.unraisablehook = hook
+
+
+def optimize(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    trials: int,
+    callbacks: Sequence[Callable[[optuna.Study, optuna.trial.FrozenTrial], None]] = (),
+) -> None:
+    """Run ``trials`` trials of ``objective`` in ``study``, as ``study.optimize`` would, but
+    without Optuna's logged traceback when a trial raises.
+
+    A trial that raises ``optuna.TrialPruned`` ends PRUNED; any other exception (Ctrl-C
+    included) ends the trial FAIL and propagates, for the command to report in one line. A
+    FAIL trial is ignored by the sampler, so a rerun samples what the failed trial sampled
+    (:class:`ReplayableTPE`).
+    """
+    for _ in range(trials):
+        trial = None
+        try:
+            trial = study.ask()
+            with _interrupts() as interrupted:
+                value = objective(trial)
+            if interrupted:
+                raise KeyboardInterrupt
+        except optuna.TrialPruned:
+            frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        except BaseException:
+            if trial is not None:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
+        else:
+            frozen = study.tell(trial, value)
+        for callback in callbacks:
+            callback(study, frozen)
 
 
 def best_suite(spec: StudySpec, study: optuna.Study, *, name: str, seeds: int = 5) -> dict:

@@ -30,7 +30,7 @@ from ravine._checks import suggest
 from ravine._io import write_yaml_atomic
 from ravine.bench import tune
 from ravine.bench.config import ConfigError, SearchSpace, load_study, read_yaml
-from ravine.bench.problems import build
+from ravine.bench.problems import DatasetProblem, build
 from ravine.commands._common import UsageParser, guarded, positive_int
 from ravine.config import validate_config
 from ravine.train import NonFiniteLossError, fit
@@ -89,6 +89,8 @@ def _tune(args: argparse.Namespace) -> int:
         if args.monitor is not None:
             raise ConfigError("--monitor is for train configs; a benchmark problem has its own")
         problem = build(spec.problem)
+        if isinstance(problem, DatasetProblem):
+            problem.build_model()  # a model that does not suit the data fails before any trial
         monitor, mode, epochs = problem.monitor, problem.mode, problem.epochs
         objective = tune.problem_objective(problem, spec.optimizer, seed=spec.seed,
                                            pruning=spec.pruning)
@@ -104,7 +106,7 @@ def _tune(args: argparse.Namespace) -> int:
     study = tune.run_trials(
         objective, storage=storage, study_name=name, mode=mode, trials=trials,
         sampler_seed=None if shared else seed, pruning=pruning, epochs=epochs,
-        callbacks=_trial_printer(quiet),
+        callbacks=_trial_printer(quiet), alone=not shared,
     )
 
     if spec is not None:

@@ -46,7 +46,6 @@ since :math:`\frac{1}{W}\sum_r \ell_r = \frac{1}{b_k}\sum_{i \in \text{batch}_k}
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Iterator
@@ -56,7 +55,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ravine._validate import check_int
+from ravine._checks import check_int, suggest
 
 __all__ = ["EpochBatches", "RandomBatches", "batches"]
 
@@ -351,17 +350,15 @@ def batches(
     """Build a sampler by name: ``"epoch"`` (:class:`EpochBatches`) or ``"random"``
     (:class:`RandomBatches`); ``kw`` are that class's other keyword options."""
     if name not in _SAMPLERS:
-        close = difflib.get_close_matches(str(name), _SAMPLERS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown batching {name!r}{hint} (valid: {', '.join(_SAMPLERS)})")
+        raise ValueError(
+            f"unknown batching {name!r}{suggest(name, _SAMPLERS)} (valid: {', '.join(_SAMPLERS)})"
+        )
     cls = _SAMPLERS[name]
     allowed = [p for p in inspect.signature(cls).parameters if p not in ("n", "batch_size", "seed")]
     for key in kw:
         if key not in allowed:
-            close = difflib.get_close_matches(key, allowed, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"batches({name!r}) got an unknown option {key!r}{hint} "
+                f"batches({name!r}) got an unknown option {key!r}{suggest(key, allowed)} "
                 f"(valid: {', '.join(allowed)})"
             )
     return cls(n, batch_size, seed=seed, **kw)

@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ravine.data.splits import Splits, check_task, closest, encode_labels, split_arrays
+from ravine._checks import suggest
+from ravine.data.splits import Splits, check_task, encode_labels, split_arrays
 
 __all__ = ["load_csv", "load_npz"]
 
@@ -123,7 +124,7 @@ def load_csv(
             raise ValueError(f"{where}: row 1: duplicate column name {column!r}")
     if label not in header:
         raise ValueError(
-            f"{where}: no label column {label!r}{closest(label, header)} (the first row must be a "
+            f"{where}: no label column {label!r}{suggest(label, header)} (the first row must be a "
             f"header; its columns are {', '.join(map(repr, header))}; choose one with label=...)"
         )
     if len(header) == 1:
@@ -162,6 +163,8 @@ def load_csv(
         dtype=dtype,
         info={"classes": classes, "label": label, "features": features},
         where=where,
+        locate_x=lambda index: f"row {lines[index[0]]}, column {features[index[1]]!r}",
+        locate_y=lambda i: f"row {lines[i]}, column {label!r}",
     )
 
 

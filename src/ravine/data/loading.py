@@ -18,10 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ravine._checks import suggest
 from ravine.data.builtin import load_digits, load_mnist1d, load_quadratic
 from ravine.data.formats import load_csv, load_npz
 from ravine.data.image_folder import load_image_folder
-from ravine.data.splits import Splits, check_fraction, closest
+from ravine.data.splits import Splits, check_fraction
 
 __all__ = ["FILE_FORMATS", "SOURCES", "load", "names"]
 
@@ -53,7 +54,7 @@ def _check_options(loader: Callable[..., Splits], kw: dict[str, Any], where: str
     for key in kw:
         if key not in allowed:
             raise ValueError(
-                f"{where}: unknown option {key!r}{closest(key, allowed)} "
+                f"{where}: unknown option {key!r}{suggest(key, allowed)} "
                 f"(valid: {', '.join(allowed)})"
             )
 
@@ -102,6 +103,6 @@ def load(
     if path.exists():
         raise ValueError(f"{where}: unsupported file type {suffix!r} (expected {formats})")
     raise ValueError(
-        f"unknown dataset {where!r}{closest(where, SOURCES)} (valid: {', '.join(SOURCES)}, "
+        f"unknown dataset {where!r}{suggest(where, SOURCES)} (valid: {', '.join(SOURCES)}, "
         f"or a path to a {formats} file)"
     )

@@ -53,7 +53,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ravine._validate import check_int
+from ravine._checks import check_int
 from ravine.data.arrays import ArrayDataset, _IndexLists
 from ravine.data.batching import EpochBatches, RandomBatches, _derived_seed, batches
 

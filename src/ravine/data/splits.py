@@ -23,9 +23,8 @@ The ``check_*`` functions validate the source options all loaders share (fractio
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +32,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ravine._checks import suggest
 from ravine.data.arrays import ArrayDataset
 
 __all__ = [
@@ -42,7 +42,6 @@ __all__ = [
     "check_bool",
     "check_fraction",
     "check_task",
-    "closest",
     "encode_labels",
     "make_splits",
     "split_arrays",
@@ -93,12 +92,6 @@ class Splits:
 # --------------------------------------------------------------------------- validation helpers
 
 
-def closest(value: str, options: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the option closest to ``value``, or ``""`` if none is close."""
-    close = difflib.get_close_matches(str(value), list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def check_fraction(name: str, value: Any, *, allow_zero: bool) -> None:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     low = 0 <= value if ok and allow_zero else ok and 0 < value
@@ -134,7 +127,7 @@ def as_dtype(dtype: Any) -> torch.dtype:
         return _DTYPES[dtype]
     raise ValueError(
         f"dtype must be a floating torch.dtype or one of {', '.join(_DTYPES)}, got {dtype!r}"
-        f"{closest(str(dtype), _DTYPES)}"
+        f"{suggest(str(dtype), _DTYPES)}"
     )
 
 
@@ -142,7 +135,7 @@ def check_task(task: Any) -> None:
     if task not in (None, "classification", "regression"):
         raise ValueError(
             f"task must be None, 'classification' or 'regression', got {task!r}"
-            f"{closest(str(task), ['classification', 'regression'])}"
+            f"{suggest(str(task), ['classification', 'regression'])}"
         )
 
 
@@ -238,8 +231,15 @@ def split_arrays(
     dtype: Any,
     info: dict[str, Any],
     where: str,
+    locate_x: Callable[[tuple[int, ...]], str] | None = None,
+    locate_y: Callable[[int], str] | None = None,
 ) -> Splits:
-    """Split the examples ``x``, ``y`` at random (:func:`split_indices`) and :func:`make_splits`."""
+    """Split the examples ``x``, ``y`` at random (:func:`split_indices`) and :func:`make_splits`.
+
+    Values that would overflow ``dtype`` (1e300 is finite in float64, ``inf`` in float32) are
+    refused here, in one line naming the entry (``locate_x(index)``, ``locate_y(row)``; by
+    default ``x[i, j]`` and ``y[i]``), rather than as a non-finite loss at the first step.
+    """
     check_fraction("test_fraction", test_fraction, allow_zero=False)
     check_bool("standardize", standardize)
     check_batch_size(batch_size)
@@ -252,6 +252,12 @@ def split_arrays(
         batch_size=batch_size,
         where=where,
     )
+    locate_x = locate_x or (lambda index: f"x[{', '.join(map(str, index))}]")
+    _check_fits(x, dtype, where, locate_x, idx["train"] if standardize else None)
+    if task == "regression":
+        _check_fits(
+            y, dtype, where, lambda index: (locate_y or (lambda i: f"y[{i}]"))(index[0]), None
+        )
     parts = {k: (x[i], y[i]) if len(i) else None for k, i in idx.items()}
     return make_splits(
         name,
@@ -262,6 +268,42 @@ def split_arrays(
         dtype=dtype,
         info={**info, "split_indices": idx},
     )
+
+
+def _check_fits(
+    a: np.ndarray,
+    dtype: torch.dtype,
+    where: str,
+    locate: Callable[[tuple[int, ...]], str],
+    train: np.ndarray | None,
+) -> None:
+    """Raise ``ValueError`` for the first entry of the float64 array ``a`` that overflows
+    ``dtype``; with ``train`` (standardization on), for an entry whose feature cannot be
+    standardized (its variance overflows float64) or whose standardized value overflows."""
+    limit = float(torch.finfo(dtype).max)
+    name = str(dtype).removeprefix("torch.")
+    values = a
+    if train is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            std = a[train].std(axis=0)
+        wide = np.argwhere(~np.isfinite(std))
+        if len(wide):
+            column = (slice(None), *map(int, wide[0]))
+            row = int(train[np.argmax(np.abs(a[train][column]))])
+            index = (row, *map(int, wide[0]))
+            raise ValueError(
+                f"{where}: {locate(index)}: value {float(a[index]):g} is too large "
+                "to standardize (its feature's variance overflows float64); "
+                "rescale that feature"
+            )
+        values = (a - a[train].mean(axis=0)) / np.where(std > 0, std, 1.0)
+    bad = np.argwhere(~(np.abs(values) <= limit))
+    if len(bad):
+        index = tuple(int(i) for i in bad[0])
+        raise ValueError(
+            f"{where}: {locate(index)}: value {float(a[index]):g} overflows {name} "
+            f"(largest {limit:.4g}); rescale it, or use dtype float64"
+        )
 
 
 # --------------------------------------------------------------------------- labels

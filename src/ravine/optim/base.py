@@ -319,6 +319,9 @@ class RavineOptimizer(Optimizer):
             raise ValueError(
                 f"compile must be a bool or a torch.compile backend name, got {compile!r}"
             )
+        if isinstance(compile, str) and compile not in torch.compiler.list_backends(None):
+            raise ValueError(f"compile: unknown torch.compile backend {compile!r} (backends: "
+                             f"{', '.join(torch.compiler.list_backends())})")
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.track_grad_norm = bool(track_grad_norm)
         self.compile = compile

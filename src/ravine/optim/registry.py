@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Iterable
 from typing import Any
 
+from ravine._checks import suggest
 from ravine.optim.adaptive import AdaGrad, Adam, AdamW, RMSProp, RMSPropNesterov
 from ravine.optim.base import RavineOptimizer
 from ravine.optim.sgd import SGD, Momentum, Nesterov
@@ -30,17 +30,12 @@ def names() -> list[str]:
     return list(REGISTRY)
 
 
-def _suggest(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def lookup(name: str) -> type[RavineOptimizer]:
     """The optimizer class registered as ``name`` (``ValueError`` suggesting the closest)."""
     key = str(name).strip().lower().replace("_", "-")
     if key not in REGISTRY:
         raise ValueError(
-            f"unknown optimizer {name!r}{_suggest(key, REGISTRY)} "
+            f"unknown optimizer {name!r}{suggest(key, REGISTRY)} "
             f"(choose from {', '.join(REGISTRY)})"
         )
     return REGISTRY[key]
@@ -66,7 +61,7 @@ def create(name: str, params: Iterable[Any], **hp: Any) -> RavineOptimizer:
     for key in hp:
         if key not in valid:
             raise ValueError(
-                f"{name} has no hyperparameter {key!r}{_suggest(key, valid)} "
+                f"{name} has no hyperparameter {key!r}{suggest(key, valid)} "
                 f"(valid: {', '.join(valid)})"
             )
     return cls(params, **hp)

@@ -18,7 +18,6 @@ objects with ``log``/``flush``/``close``) into the list of loggers a run writes 
 from __future__ import annotations
 
 import csv
-import difflib
 import io
 import json
 import math
@@ -29,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from ravine._checks import suggest
 from ravine.train.checkpoint import CheckpointError
 
 __all__ = [
@@ -366,10 +366,9 @@ def make_loggers(
     for item in items:
         if isinstance(item, str):
             if item not in LOGGER_NAMES:
-                close = difflib.get_close_matches(item, LOGGER_NAMES, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
-                    f"unknown logger {item!r}{hint} (choose from {', '.join(LOGGER_NAMES)} "
+                    f"unknown logger {item!r}{suggest(item, LOGGER_NAMES)} "
+                    f"(choose from {', '.join(LOGGER_NAMES)} "
                     "or pass an object with log, flush and close)"
                 )
             if item not in names:

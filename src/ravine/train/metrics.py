@@ -6,7 +6,6 @@ the shares of several data-parallel processes combine by a plain all-reduce befo
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 import os
@@ -19,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ravine._checks import suggest
 from ravine.data.sources import as_tensors, batch_examples, first_item
 
 __all__ = ["LossFn", "Objective", "resolve_loss", "task_of", "loss_for", "correct_count",
@@ -71,9 +71,9 @@ def resolve_loss(loss: str | LossFn) -> tuple[LossFn, LossFn]:
         return _mse, _mse_sum
     if loss == "bce":
         return _bce, _bce_sum
-    close = difflib.get_close_matches(str(loss), LOSSES, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    raise ValueError(f"unknown loss {loss!r}{hint} (valid: {', '.join(LOSSES)} or a callable)")
+    raise ValueError(
+        f"unknown loss {loss!r}{suggest(loss, LOSSES)} (valid: {', '.join(LOSSES)} or a callable)"
+    )
 
 
 def _first_target(train: Any) -> Any:
