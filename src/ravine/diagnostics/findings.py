@@ -685,7 +685,10 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
         if star_room and bound is not None and math.isfinite(bound):
             target = th.safe_fraction * bound
             if lr_star is not None and lr_star > 0:
-                target = min(target, lr_star)
+                # heavy ball and Nesterov move ε/(1−α) per step in a steady direction: the lr
+                # whose effective step is ε* is ε*(1−α)
+                heavy = opt in ("momentum", "nesterov") and 0 < momentum < 1
+                target = min(target, lr_star * (1 - momentum) if heavy else lr_star)
                 evidence["lr_star"] = lr_star
             if target > lr:
                 ctx.lr_up = True
