@@ -26,6 +26,9 @@ bench: $(VENV)/.installed
 	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/hessian_vs_pyhessian.py
 	$(PY) benchmarks/diagnostics_overhead.py
+	$(PY) benchmarks/diagnose_time.py
+	$(PY) benchmarks/monitor_overhead.py
+	$(PY) benchmarks/diagnosis_accuracy.py
 	$(PY) benchmarks/ddp_throughput.py
 	$(PY) benchmarks/collect.py
 

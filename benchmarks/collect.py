@@ -15,6 +15,9 @@ ORDER = [
     "time_to_accuracy",
     "hessian_vs_pyhessian",
     "diagnostics_overhead",
+    "diagnose_time",
+    "monitor_overhead",
+    "diagnosis_accuracy",
     "ddp_throughput",
 ]
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ravine._validate import check_positive
+from ravine._checks import check_positive
 from ravine.diagnostics.findings import (
     FLAT,
     ILL_CONDITIONED,

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ravine._validate import check_int
+from ravine._checks import check_int
 from ravine.data.sources import fixed_examples
 from ravine.diagnostics.classify import param_norm
 from ravine.diagnostics.findings import Diagnosis, FindingThresholds

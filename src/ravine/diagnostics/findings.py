@@ -96,8 +96,7 @@ from dataclasses import asdict, dataclass, field, fields
 from numbers import Integral, Real
 from typing import Any
 
-from ravine._checks import suggest
-from ravine._validate import check_positive
+from ravine._checks import check_positive, suggest
 
 __all__ = [
     "CODES",

@@ -35,7 +35,6 @@ sampled loss).
 from __future__ import annotations
 
 import contextlib
-import difflib
 import os
 import sys
 import time
@@ -51,7 +50,7 @@ from torch.func import functional_call, grad, jvp
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from ravine._validate import check_int
+from ravine._checks import check_choice, check_int
 from ravine.data.arrays import ArrayDataset
 from ravine.data.sources import as_tensors, first_item
 
@@ -76,16 +75,6 @@ BACKENDS = ("auto", "double-backward", "forward-over-reverse")
 
 # model -> {(mode, single batch?, batch shape, dtype, device): backend}
 _BACKEND_CACHE: weakref.WeakKeyDictionary[nn.Module, dict[tuple, str]] = weakref.WeakKeyDictionary()
-
-
-def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    """Raise ``ValueError`` naming ``name``, ``value``, the allowed values and the closest one."""
-    if value in allowed:
-        return
-    close = difflib.get_close_matches(str(value), list(allowed), n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else ""
-    options = ", ".join(repr(a) for a in allowed)
-    raise ValueError(f"{name} must be one of {options}, got {value!r}{hint}")
 
 
 class DiagnosticsWarning(UserWarning):

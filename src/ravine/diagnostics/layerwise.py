@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ravine._validate import check_int, check_positive
+from ravine._checks import check_int, check_positive
 from ravine.diagnostics.hvp import (
     MODES,
     HessianOperator,

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import math
 import time
 from collections.abc import Sequence
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ravine._validate import check_int, check_positive
+from ravine._checks import check_int, check_positive, suggest
 from ravine.diagnostics.hvp import HessianOperator, LossFn, as_batches
 from ravine.diagnostics.noise import gradient_statistics
 from ravine.diagnostics.spectrum import operator_extremes, operator_trace
@@ -26,10 +25,9 @@ def check_what(what: str | Sequence[str]) -> tuple[str, ...]:
     items = (what,) if isinstance(what, str) else tuple(what)
     for item in items:
         if item not in WHAT:
-            close = difflib.get_close_matches(str(item), WHAT, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(
-                f"what entries must be among {', '.join(map(repr, WHAT))}, got {item!r}{hint}"
+                f"what entries must be among {', '.join(map(repr, WHAT))}, got {item!r}"
+                f"{suggest(str(item), WHAT)}"
             )
     return items
 

@@ -53,9 +53,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ravine._checks import suggest
+from ravine._checks import check_int, suggest
 from ravine._io import json_ready, write_atomic
-from ravine._validate import check_int
 from ravine.diagnostics.diagnosis import diagnose
 from ravine.diagnostics.findings import Diagnosis
 from ravine.optim import RavineOptimizer

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from ravine._validate import check_int
+from ravine._checks import check_int
 from ravine.diagnostics.hvp import (
     LossFn,
     all_examples,

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ravine._checks import check_int
 from ravine._io import write_atomic
-from ravine._validate import check_int
 from ravine.diagnostics.classify import Classification, classify_numbers, param_norm
 from ravine.diagnostics.diagnosis import diagnose
 from ravine.diagnostics.findings import Diagnosis

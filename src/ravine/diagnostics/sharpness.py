@@ -62,7 +62,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ravine._validate import check_int, check_positive
+from ravine._checks import check_int, check_positive
 from ravine.diagnostics.findings import lr_bound
 from ravine.diagnostics.hvp import HessianOperator, LossFn
 from ravine.diagnostics.spectrum import ExtremesResult, operator_extremes

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ravine._validate import check_int
+from ravine._checks import check_int
 from ravine.diagnostics.hvp import (
     MODES,
     as_batches,

@@ -13,14 +13,13 @@ subset; BENCHMARKS.md states the measured overhead at the default interval.
 
 from __future__ import annotations
 
-import difflib
 import warnings
 from dataclasses import dataclass, fields
 from typing import Any
 
 from torch import Tensor, nn
 
-from ravine._validate import check_int, check_positive
+from ravine._checks import check_int, check_positive, suggest
 from ravine.diagnostics.measure import check_what, measure
 
 __all__ = ["DiagnosticsSchedule", "DEFAULT_WHAT", "PREFIX"]
@@ -62,10 +61,9 @@ class DiagnosticsSchedule:
         valid = [f.name for f in fields(cls)]
         for key in option:
             if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
                 raise ValueError(
-                    f"unknown diagnostics option {key!r}{hint} (valid: {', '.join(valid)})"
+                    f"unknown diagnostics option {key!r}{suggest(key, valid)} "
+                    f"(valid: {', '.join(valid)})"
                 )
         options = dict(option)
         if "what" in options:
