@@ -13,7 +13,7 @@ the factor 1 + ε|λ| per step and escapes.
 The saddle: a tanh MLP (4-8-1, float64) for least-squares regression with every weight zero and
 the output bias at the mean target is a critical point (the hidden units output tanh(0) = 0 and
 the output weights are 0, so every weight's gradient vanishes), and its Hessian couples each
-output weight with its unit's input weights as ``[[0, c], [cᵀ, 0]]``, c = −Cov(x, y): eigenvalues
+output weight with its unit's input weights as ``[[0, c], [cᵀ, 0]]``, c = −2 Cov(x, y): eigenvalues
 ±|c|, a saddle. Both methods start from the same random points at distance ``START`` from it.
 
 Newton's step is Hessian-free: conjugate gradient (:func:`conjugate_gradient`) on
