@@ -116,7 +116,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         indexing="xy",
     )
     surface = ax.contourf(
-        w.numpy(), b.numpy(), np.log10(landscape(w, b).numpy() + 1e-8), 40, cmap="Greys_r"
+        w.numpy(), b.numpy(), np.log10(landscape(w, b).numpy() + 1e-8), 40, cmap="viridis"
     )
     fig.colorbar(surface, ax=ax, label="log10 loss")
     for method, traces in runs.items():
