@@ -4,13 +4,15 @@ One run is killed at several moments drawn from a seeded generator and resumed a
 until it finishes; its final weights, ``metrics.jsonl`` and ``metrics.csv`` must then equal an
 uninterrupted run's bit for bit (wall-clock fields aside). The moments are of four kinds:
 
-* ``step``: once the run has logged a drawn step, after a drawn delay of a few milliseconds;
+* ``step``: once ``metrics.jsonl`` shows a drawn step, after a drawn delay of a few
+  milliseconds (lines reach the file when a checkpoint flushes the log);
 * ``write``: once past a drawn step, while a checkpoint is being written. The process is
   stopped (SIGSTOP) the moment the temporary checkpoint file appears, and killed only if the
   file is still there, so the kill provably lands between ``open`` and ``os.replace``;
 * ``lock``: a resumed process, as soon as it holds the run directory's lock (it is reading the
   checkpoint, cutting the logs back, or taking its first steps);
-* ``finish``: after the summary record is logged, while ``report.md`` and the plots are written.
+* ``finish``: once the summary record is in the file (the loggers are closed), while
+  ``report.md`` and the plots are written.
 
 The model has batch norm (buffers), dropout (random streams), Nesterov momentum (the interim
 point θ + αv lives in the parameters) and a linear-decay schedule, so a resume that dropped any
