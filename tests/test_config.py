@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from ravine import data, optim
+from ravine.commands.train import _notice
 from ravine.config import ConfigError, load_config, parse_overrides, validate_config
 from ravine.train import FitOptions
 
@@ -156,3 +158,93 @@ def test_the_example_configs_are_valid():
     for path in examples:
         config = load_config(path)
         assert config.run_dir == f"runs/{path.stem}"
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+@pytest.mark.parametrize(
+    "example, new_name, dropped",
+    [
+        ("quadratic-regression.yaml", "sgd", ["momentum"]),  # the command in its header
+        ("mnist1d-cnn.yaml", "adam", ["momentum"]),
+    ],
+)
+def test_renaming_the_optimizer_drops_the_files_options_it_does_not_take(
+    example, new_name, dropped
+):
+    path = EXAMPLES / example
+    file_options = load_config(path).optimizer.given(exclude=("name",))
+    notices = []
+    config = load_config(path, [f"optimizer.name={new_name}"], notice=notices.append)
+    kept = {k: v for k, v in file_options.items() if k not in dropped}
+    assert config.optimizer.name == new_name
+    assert config.optimizer.given(exclude=("name",)) == kept  # lr and the rest survive
+    assert set(dropped) <= set(file_options)
+    assert set(dropped).isdisjoint(optim.hyperparameters(new_name))
+    assert notices == [
+        f"--set optimizer.name={new_name}: dropped "
+        f"{', '.join('optimizer.' + k for k in dropped)} from {path} "
+        f"(not an option of {new_name!r})"
+    ]
+
+
+def test_the_drop_notice_goes_to_stderr_by_default_and_is_one_line(config_file, capsys):
+    config = load_config(config_file, ["optimizer.name=adam"])
+    assert config.optimizer.given(exclude=("name",)) == {"lr": 0.05}
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "dropped optimizer.momentum" in err
+    # nothing is said when nothing is dropped
+    load_config(config_file, ["optimizer.name=momentum"])
+    load_config(config_file, ["optimizer.lr=0.1"])
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        # an option typed on the command line is the user's own mistake: still an error
+        (["optimizer.name=sgd", "optimizer.momentum=0.5"],
+         "optimizer.momentum: not an option of 'sgd'"),
+        (["optimizer.momentum=0.5", "optimizer.name=adam"],
+         "optimizer.momentum: not an option of 'adam'"),
+        (["optimizer={name: sgd, momentum: 0.5}"], "optimizer.momentum: not an option of 'sgd'"),
+        # without a rename the file's options are checked as written
+        (["optimizer.lr=0.1", "optimizer.rho=0.9"], "optimizer.rho: not an option of 'nesterov'"),
+        # an unknown new name is reported, not silently emptied
+        (["optimizer.name=adamm"], "unknown optimizer 'adamm'; did you mean 'adam'?"),
+    ],
+)
+def test_command_line_options_the_new_optimizer_lacks_still_error(
+    config_file, overrides, expected
+):
+    notices = []
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, overrides, notice=notices.append)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+    assert notices == []
+
+
+def test_a_misspelt_key_in_the_file_is_not_dropped_by_a_rename(tmp_path):
+    path = tmp_path / "typo.yaml"
+    path.write_text(BASE.replace("momentum: 0.8", "momentun: 0.8"))
+    message = error_of(path, ["optimizer.name=sgd"])
+    assert "unknown key 'optimizer.momentun'; did you mean 'optimizer.momentum'?" in message
+
+
+@pytest.mark.parametrize(
+    "rank, nproc, says",
+    [(None, None, True), (None, 2, False), ("0", None, True), ("1", None, False)],
+)
+def test_ravine_train_says_the_notice_once(monkeypatch, capsys, rank, nproc, says):
+    # one process says it; with --nproc the launcher stays quiet and rank 0 of the workers
+    # (which get the same --set) says it
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    if rank is not None:
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        monkeypatch.setenv("LOCAL_RANK", rank)
+    _notice(argparse.Namespace(nproc=nproc))("dropped optimizer.momentum")
+    expected = "ravine train: dropped optimizer.momentum\n" if says else ""
+    assert capsys.readouterr().err == expected

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ __all__ = ["train_command"]
 
 def train_command(args: argparse.Namespace) -> int:
     """The ``ravine train`` handler: trains, prints a summary line, returns the exit status."""
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set, notice=_notice(args))
     if args.nproc is not None:
         return _launch(args, config)
     with distributed.process_group(config.device) as env:
@@ -52,6 +53,16 @@ def train_command(args: argparse.Namespace) -> int:
     print(line)
     print(f"report: {Path(config.run_dir) / 'report.md'}")
     return 0
+
+
+def _notice(args: argparse.Namespace) -> Callable[[str], None]:
+    """Say a config notice (e.g. options dropped by ``--set optimizer.name=...``) once: in the
+    one process, or in rank 0 of the workers (``--nproc`` leaves it to them; they get the same
+    ``--set``)."""
+    env = distributed.worker_env()
+    if (env is None and args.nproc is None) or (env is not None and env.rank == 0):
+        return lambda message: print(f"ravine train: {message}", file=sys.stderr)
+    return lambda message: None
 
 
 def _launch(args: argparse.Namespace, config: RunConfig) -> int:
