@@ -152,25 +152,33 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _name_or_factory(self) -> DataConfig:
         if (self.name is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'name' (a built-in source or a file) and "
-                             "'factory' ('module:function' returning the splits)")
+            raise ValueError(
+                "give exactly one of 'name' (a built-in source or a file) and "
+                "'factory' ('module:function' returning the splits)"
+            )
         if self.factory is not None:
             extra = self.given(exclude=("factory", "options", "seed", "val_fraction"))
             if extra:
-                raise ValueError(f"with 'factory', pass the factory's arguments under "
-                                 f"'options', not {sorted(extra)}")
+                raise ValueError(
+                    f"with 'factory', pass the factory's arguments under "
+                    f"'options', not {sorted(extra)}"
+                )
         return self
 
     def load(self, run_seed: int) -> Any:
         """The splits: a :class:`ravine.data.Splits`, or what the factory returns."""
         seed = run_seed if self.seed is None else self.seed
         if self.factory is not None:
-            return _user_splits(import_object(self.factory, "data.factory"),
-                                self.options or {}, seed)
+            return _user_splits(
+                import_object(self.factory, "data.factory"), self.options or {}, seed
+            )
         try:
-            return data.load(self.name, seed=seed, val_fraction=self.val_fraction,
-                             **self.given(exclude=("name", "val_fraction", "seed", "factory",
-                                                     "options")))
+            return data.load(
+                self.name,
+                seed=seed,
+                val_fraction=self.val_fraction,
+                **self.given(exclude=("name", "val_fraction", "seed", "factory", "options")),
+            )
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
 
@@ -195,15 +203,19 @@ def _user_splits(factory: Any, options: dict[str, Any], seed: int) -> UserSplits
     if isinstance(result, dict):
         unknown = set(result) - {"train", "val", "test"}
         if unknown or "train" not in result:
-            raise ConfigError("data.factory must return the splits as a dict with 'train' "
-                              f"(and optionally 'val', 'test'), got keys {sorted(result)}")
+            raise ConfigError(
+                "data.factory must return the splits as a dict with 'train' "
+                f"(and optionally 'val', 'test'), got keys {sorted(result)}"
+            )
         return UserSplits(result["train"], result.get("val"), result.get("test"))
     if isinstance(result, (tuple, list)) and 1 <= len(result) <= 3:
         return UserSplits(*result)
     if hasattr(result, "train"):
         return result
-    raise ConfigError("data.factory must return (train, val, test), (train, val), a dict "
-                      f"with those keys or a ravine.data.Splits, got {type(result).__name__}")
+    raise ConfigError(
+        "data.factory must return (train, val, test), (train, val), a dict "
+        f"with those keys or a ravine.data.Splits, got {type(result).__name__}"
+    )
 
 
 def _builder(kind: str) -> Any:
@@ -227,18 +239,26 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _options_fit_kind(self) -> ModelConfig:
         if (self.kind is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'kind' (mlp, cnn1d, cnn2d) and 'factory' "
-                             "('module:function' returning an nn.Module)")
+            raise ValueError(
+                "give exactly one of 'kind' (mlp, cnn1d, cnn2d) and 'factory' "
+                "('module:function' returning an nn.Module)"
+            )
         if self.factory is not None:
             extra = self.given(exclude=("factory", "options"))
             if extra:
-                raise ValueError(f"with 'factory', pass the factory's arguments under "
-                                 f"'options', not {sorted(extra)}")
+                raise ValueError(
+                    f"with 'factory', pass the factory's arguments under "
+                    f"'options', not {sorted(extra)}"
+                )
             return self
-        valid = [p for p in inspect.signature(_builder(self.kind)).parameters if
-                 p not in models.FROM_DATA]
-        check_options(self.given(exclude=("kind", "factory", "options")), valid,
-                      f"model kind {self.kind!r}")
+        valid = [
+            p
+            for p in inspect.signature(_builder(self.kind)).parameters
+            if p not in models.FROM_DATA
+        ]
+        check_options(
+            self.given(exclude=("kind", "factory", "options")), valid, f"model kind {self.kind!r}"
+        )
         if self.kind == "mlp" and self.hidden is None:
             raise ValueError("model kind 'mlp' needs 'hidden' (the hidden layer widths)")
         return self
@@ -252,13 +272,16 @@ class ModelConfig(Section):
         if self.factory is not None:
             model = import_object(self.factory, "model.factory")(**(self.options or {}))
             if not isinstance(model, nn.Module):
-                raise ConfigError(f"model.factory must return a torch.nn.Module, got "
-                                  f"{type(model).__name__}")
+                raise ConfigError(
+                    f"model.factory must return a torch.nn.Module, got {type(model).__name__}"
+                )
             return model
         if not hasattr(splits, "num_features"):
-            raise ConfigError(f"model: kind {self.kind!r} takes its sizes from a "
-                              "ravine.data.Splits; with data.factory, return a Splits or use "
-                              "model.factory")
+            raise ConfigError(
+                f"model: kind {self.kind!r} takes its sizes from a "
+                "ravine.data.Splits; with data.factory, return a Splits or use "
+                "model.factory"
+            )
         spec = {"kind": self.kind, **self.given(exclude=("kind", "factory", "options"))}
         try:
             return models.for_data(spec, splits.num_features, _num_outputs(splits))
@@ -308,7 +331,8 @@ class RunConfig(FitOptions):
     def fit(self) -> FitOptions:
         """The training options alone."""
         return FitOptions.model_validate(
-            {name: getattr(self, name) for name in FitOptions.model_fields})
+            {name: getattr(self, name) for name in FitOptions.model_fields}
+        )
 
     def build(self) -> Run:
         """Load the data (split with the run's seed) and build the model, whose initial
@@ -392,20 +416,28 @@ def _drop_foreign_optimizer_options(
     name = section.get("name")
     if not isinstance(name, str) or name not in optim.names():
         return  # the validator names the closest optimizer
-    from_command_line = {parts[1] for parts, _ in overrides
-                         if len(parts) == 2 and parts[0] == "optimizer"}
+    from_command_line = {
+        parts[1] for parts, _ in overrides if len(parts) == 2 and parts[0] == "optimizer"
+    }
     takes = optim.hyperparameters(name)
     # Only keys of the schema: a misspelt key in the file stays an error.
-    dropped = [key for key in section
-               if key in file_options and key not in from_command_line and key != "name"
-               and key in OptimizerConfig.model_fields and key not in takes]
+    dropped = [
+        key
+        for key in section
+        if key in file_options
+        and key not in from_command_line
+        and key != "name"
+        and key in OptimizerConfig.model_fields
+        and key not in takes
+    ]
     if not dropped:
         return
     for key in dropped:
         del section[key]
     listed = ", ".join(f"optimizer.{key}" for key in dropped)
-    notice(f"--set optimizer.name={name}: dropped {listed} from {source} "
-           f"(not an option of {name!r})")
+    notice(
+        f"--set optimizer.name={name}: dropped {listed} from {source} (not an option of {name!r})"
+    )
 
 
 def _print_notice(message: str) -> None:
@@ -461,8 +493,9 @@ def load_config(
             if parts == ["optimizer"]:
                 file_options = set()  # the command line replaced the whole section
             _apply_override(raw, parts, value)
-        _drop_foreign_optimizer_options(raw, file_options, parsed, str(path),
-                                        notice or _print_notice)
+        _drop_foreign_optimizer_options(
+            raw, file_options, parsed, str(path), notice or _print_notice
+        )
         if raw.get("run_dir") is None:
             raw["run_dir"] = str(Path("runs") / path.stem)
     folder = str(path.resolve().parent)

@@ -68,8 +68,10 @@ def _notice(args: argparse.Namespace) -> Callable[[str], None]:
 def _launch(args: argparse.Namespace, config: RunConfig) -> int:
     """``ravine train --nproc N``: check what can be checked here, then start the workers."""
     if distributed.is_worker():
-        raise ValueError("--nproc starts its own processes; under torchrun leave it out "
-                         "(torchrun's --nproc-per-node sets their number)")
+        raise ValueError(
+            "--nproc starts its own processes; under torchrun leave it out "
+            "(torchrun's --nproc-per-node sets their number)"
+        )
     if config.batch_size % args.nproc:
         raise ValueError(
             "batch_size is the global minibatch and must be divisible by --nproc, "
@@ -77,12 +79,16 @@ def _launch(args: argparse.Namespace, config: RunConfig) -> int:
         )
     if args.nproc > 1 and config.sync_batchnorm:
         distributed.check_sync_batchnorm(torch.device(config.device))
-    flags = [f"--{name}" for name in ("resume", "overwrite", "quiet", "debug")
-             if getattr(args, name)]
-    status = launch([args.config, *(f"--set={item}" for item in args.set), *flags],
-                    args.nproc, debug=args.debug)
+    flags = [
+        f"--{name}" for name in ("resume", "overwrite", "quiet", "debug") if getattr(args, name)
+    ]
+    status = launch(
+        [args.config, *(f"--set={item}" for item in args.set), *flags], args.nproc, debug=args.debug
+    )
     last = Path(config.run_dir) / "checkpoints" / "last.pt"
     if status in (1, EXIT_INTERRUPTED) and last.exists():
-        print(f"ravine train: --resume (with --nproc {args.nproc}) continues from {last}",
-              file=sys.stderr)
+        print(
+            f"ravine train: --resume (with --nproc {args.nproc}) continues from {last}",
+            file=sys.stderr,
+        )
     return status
