@@ -81,15 +81,17 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     epochs = 40 if quick else 80
     per_seed = []
     for s in seeds(quick, seed=seed):
-        full = _train(splits, s, epochs, dict(monitor="val_loss", patience=None,
-                                              restore_best=False))
-        stopped = _train(splits, s, epochs, dict(monitor="val_loss", patience=PATIENCE,
-                                                 restore_best=True))
+        full = _train(
+            splits, s, epochs, dict(monitor="val_loss", patience=None, restore_best=False)
+        )
+        stopped = _train(
+            splits, s, epochs, dict(monitor="val_loss", patience=PATIENCE, restore_best=True)
+        )
         history = full.history
         best = stopped.best_epoch
         keys = ("train_loss", "val_loss", "val_acc")
         prefix = all(
-            a[k] == b[k] for a, b in zip(stopped.history, history) for k in keys
+            a[k] == b[k] for a, b in zip(stopped.history, history, strict=False) for k in keys
         )
         per_seed.append(
             {
@@ -127,17 +129,43 @@ def _figure(out_dir: Path, per_seed: list[dict], epochs: int) -> Figure:
     band(right, x, [r["val_acc"] for r in per_seed], "validation accuracy", color="C1")
     for i, r in enumerate(per_seed):
         for ax in (left, right):
-            ax.axvline(r["best_epoch"], color="k", ls=":", lw=1,
-                       label="best epoch (restored)" if i == 0 else None)
-            ax.axvline(r["stop_epoch"], color="0.5", ls="--", lw=1,
-                       label=f"stopped (patience {PATIENCE})" if i == 0 else None)
+            ax.axvline(
+                r["best_epoch"],
+                color="k",
+                ls=":",
+                lw=1,
+                label="best epoch (restored)" if i == 0 else None,
+            )
+            ax.axvline(
+                r["stop_epoch"],
+                color="0.5",
+                ls="--",
+                lw=1,
+                label=f"stopped (patience {PATIENCE})" if i == 0 else None,
+            )
     restored = mean_std([r["restored_test_acc"] for r in per_seed])
     last = mean_std([r["last_test_acc"] for r in per_seed])
     best_x = sum(r["best_epoch"] for r in per_seed) / len(per_seed)
-    right.errorbar([best_x], [restored[0]], yerr=[restored[1]], fmt="*", ms=12, color="C3",
-                   capsize=3, label=f"test acc, restored: {restored[0]:.3f}")
-    right.errorbar([epochs], [last[0]], yerr=[last[1]], fmt="s", ms=7, color="C4", capsize=3,
-                   label=f"test acc, last: {last[0]:.3f}")
+    right.errorbar(
+        [best_x],
+        [restored[0]],
+        yerr=[restored[1]],
+        fmt="*",
+        ms=12,
+        color="C3",
+        capsize=3,
+        label=f"test acc, restored: {restored[0]:.3f}",
+    )
+    right.errorbar(
+        [epochs],
+        [last[0]],
+        yerr=[last[1]],
+        fmt="s",
+        ms=7,
+        color="C4",
+        capsize=3,
+        label=f"test acc, last: {last[0]:.3f}",
+    )
     left.set_yscale("log")
     left.set_ylabel("cross-entropy loss")
     right.set_ylabel("accuracy")

@@ -59,7 +59,10 @@ def _train(splits: data.Splits, seed: int, epochs: int, weight_decay: float, dro
 
 
 def _best(
-    settings: list[float], val: np.ndarray, test: np.ndarray, base_val: np.ndarray,
+    settings: list[float],
+    val: np.ndarray,
+    test: np.ndarray,
+    base_val: np.ndarray,
     base_test: np.ndarray,
 ) -> dict:
     """The setting with the best mean validation accuracy and its paired gain over none."""
@@ -87,7 +90,10 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
 
     def sweep(weight_decays: list[float], ps: list[float]) -> tuple[np.ndarray, np.ndarray]:
         scores = np.array(
-            [[_train(splits, s, epochs, wd, p) for s in runs] for wd, p in zip(weight_decays, ps)]
+            [
+                [_train(splits, s, epochs, wd, p) for s in runs]
+                for wd, p in zip(weight_decays, ps, strict=True)
+            ]
         )
         return scores[..., 0], scores[..., 1]  # (settings, seeds) each
 
@@ -105,8 +111,14 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         (axes[0][1], [0.0, *dropouts], np.vstack([base_val, drop_val]), "dropout"),
     ):
         band(ax, xs, val.T, label, marker="o")
-        band(ax, [min(xs), max(xs)], [[v, v] for v in base_val], "no regularization",
-             color="0.4", ls="--")
+        band(
+            ax,
+            [min(xs), max(xs)],
+            [[v, v] for v in base_val],
+            "no regularization",
+            color="0.4",
+            ls="--",
+        )
         ax.set_ylabel(f"validation accuracy after {epochs} epochs")
         ax.legend(fontsize=8)
     axes[0][0].set_xscale("log")
@@ -133,8 +145,9 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         f"{say('weight decay', 'λ', decay)}; the best {say('dropout', 'p', drop)}; "
         f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {epochs} epochs."
     )
-    failed = [name for name, best in (("weight decay", decay), ("dropout", drop))
-              if not best["agrees"]]
+    failed = [
+        name for name, best in (("weight decay", decay), ("dropout", drop)) if not best["agrees"]
+    ]
     if failed:
         measured += (
             f" For {' and '.join(failed)} the gain is within twice its standard error or does "
