@@ -169,7 +169,10 @@ def _figure(out_dir: Path, per_seed: list[dict], epochs: int) -> Figure:
     left.set_yscale("log")
     left.set_ylabel("cross-entropy loss")
     right.set_ylabel("accuracy")
-    left.set_title(f"MNIST-1D, {N_TRAIN} training examples, MLP {HIDDEN}")
+    n = len(per_seed)
+    left.set_title(
+        f"MNIST-1D, {N_TRAIN} training examples, MLP {HIDDEN}, {n} seed{'s' if n > 1 else ''}"
+    )
     right.set_title("validation accuracy and the test accuracy of each choice")
     for ax in (left, right):
         ax.set_xlabel("epoch")
@@ -186,7 +189,6 @@ def _figure(out_dir: Path, per_seed: list[dict], epochs: int) -> Figure:
         mean, std = mean_std([r[key] for r in per_seed])
         return f"{mean:{fmt}} ± {std:{fmt}}" if len(per_seed) > 1 else f"{mean:{fmt}}"
 
-    n = len(per_seed)
     measured = (
         f"Over {n} seed{'s' if n > 1 else ''}, the validation loss is lowest at epoch "
         f"{spread('best_epoch', '.1f')} ({spread('min_val_loss')}) and rises to "
