@@ -140,10 +140,16 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
             f"{best['gain']:+.3f} ± {best['gain_se']:.3f} s.e.; test {pm(best['test_acc'])})"
         )
 
+    too_much = (
+        ""
+        if quick
+        else f"too much hurts: λ = {decays[-1]:g} gives {decay_val[-1].mean():.3f} and "
+        f"p = {dropouts[-1]:g} gives {drop_val[-1].mean():.3f}; "
+    )
     measured = (
         f"Validation accuracy without regularization {pm(base)} (test {pm(base_t)}); the best "
         f"{say('weight decay', 'λ', decay)}; the best {say('dropout', 'p', drop)}; "
-        f"{len(runs)} seed{'s' if len(runs) > 1 else ''}, {epochs} epochs."
+        f"{too_much}{len(runs)} seed{'s' if len(runs) > 1 else ''}, {epochs} epochs."
     )
     failed = [
         name for name, best in (("weight decay", decay), ("dropout", drop)) if not best["agrees"]
