@@ -143,7 +143,7 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     too_much = (
         ""
         if quick
-        else f"too much hurts: λ = {decays[-1]:g} gives {decay_val[-1].mean():.3f} and "
+        else f"at the largest values λ = {decays[-1]:g} gives {decay_val[-1].mean():.3f} and "
         f"p = {dropouts[-1]:g} gives {drop_val[-1].mean():.3f}; "
     )
     measured = (
