@@ -76,6 +76,9 @@ shown are the defaults (``null``: the library's own default applies).
 Relative paths (data files, ``run_dir``) are relative to the current directory.
 
 Overrides use dotted keys with YAML values, ``--set optimizer.lr=0.1 --set early_stopping=null``.
+When an override changes ``optimizer.name``, the file's optimizer options that the new optimizer
+does not take (``momentum`` when switching to ``adam``) are dropped with a one-line notice; the
+same option set by an override is still an error.
 Any problem — unreadable YAML, an unknown key, a bad value, a factory that cannot be imported —
 raises :class:`ConfigError` with a single line that names the key path and, for unknown keys or
 names, the closest valid one.
@@ -86,7 +89,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -95,7 +98,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ravine import data, models
+from ravine import data, models, optim
 from ravine._checks import ConfigError, check_options
 from ravine._io import YAMLError, safe_yaml
 from ravine.train.options import (
@@ -149,25 +152,33 @@ class DataConfig(Section):
     @model_validator(mode="after")
     def _name_or_factory(self) -> DataConfig:
         if (self.name is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'name' (a built-in source or a file) and "
-                             "'factory' ('module:function' returning the splits)")
+            raise ValueError(
+                "give exactly one of 'name' (a built-in source or a file) and "
+                "'factory' ('module:function' returning the splits)"
+            )
         if self.factory is not None:
             extra = self.given(exclude=("factory", "options", "seed", "val_fraction"))
             if extra:
-                raise ValueError(f"with 'factory', pass the factory's arguments under "
-                                 f"'options', not {sorted(extra)}")
+                raise ValueError(
+                    f"with 'factory', pass the factory's arguments under "
+                    f"'options', not {sorted(extra)}"
+                )
         return self
 
     def load(self, run_seed: int) -> Any:
         """The splits: a :class:`ravine.data.Splits`, or what the factory returns."""
         seed = run_seed if self.seed is None else self.seed
         if self.factory is not None:
-            return _user_splits(import_object(self.factory, "data.factory"),
-                                self.options or {}, seed)
+            return _user_splits(
+                import_object(self.factory, "data.factory"), self.options or {}, seed
+            )
         try:
-            return data.load(self.name, seed=seed, val_fraction=self.val_fraction,
-                             **self.given(exclude=("name", "val_fraction", "seed", "factory",
-                                                     "options")))
+            return data.load(
+                self.name,
+                seed=seed,
+                val_fraction=self.val_fraction,
+                **self.given(exclude=("name", "val_fraction", "seed", "factory", "options")),
+            )
         except ValueError as exc:
             raise ConfigError(f"data: {exc}") from None
 
@@ -192,15 +203,19 @@ def _user_splits(factory: Any, options: dict[str, Any], seed: int) -> UserSplits
     if isinstance(result, dict):
         unknown = set(result) - {"train", "val", "test"}
         if unknown or "train" not in result:
-            raise ConfigError("data.factory must return the splits as a dict with 'train' "
-                              f"(and optionally 'val', 'test'), got keys {sorted(result)}")
+            raise ConfigError(
+                "data.factory must return the splits as a dict with 'train' "
+                f"(and optionally 'val', 'test'), got keys {sorted(result)}"
+            )
         return UserSplits(result["train"], result.get("val"), result.get("test"))
     if isinstance(result, (tuple, list)) and 1 <= len(result) <= 3:
         return UserSplits(*result)
     if hasattr(result, "train"):
         return result
-    raise ConfigError("data.factory must return (train, val, test), (train, val), a dict "
-                      f"with those keys or a ravine.data.Splits, got {type(result).__name__}")
+    raise ConfigError(
+        "data.factory must return (train, val, test), (train, val), a dict "
+        f"with those keys or a ravine.data.Splits, got {type(result).__name__}"
+    )
 
 
 def _builder(kind: str) -> Any:
@@ -224,18 +239,26 @@ class ModelConfig(Section):
     @model_validator(mode="after")
     def _options_fit_kind(self) -> ModelConfig:
         if (self.kind is None) == (self.factory is None):
-            raise ValueError("give exactly one of 'kind' (mlp, cnn1d, cnn2d) and 'factory' "
-                             "('module:function' returning an nn.Module)")
+            raise ValueError(
+                "give exactly one of 'kind' (mlp, cnn1d, cnn2d) and 'factory' "
+                "('module:function' returning an nn.Module)"
+            )
         if self.factory is not None:
             extra = self.given(exclude=("factory", "options"))
             if extra:
-                raise ValueError(f"with 'factory', pass the factory's arguments under "
-                                 f"'options', not {sorted(extra)}")
+                raise ValueError(
+                    f"with 'factory', pass the factory's arguments under "
+                    f"'options', not {sorted(extra)}"
+                )
             return self
-        valid = [p for p in inspect.signature(_builder(self.kind)).parameters if
-                 p not in models.FROM_DATA]
-        check_options(self.given(exclude=("kind", "factory", "options")), valid,
-                      f"model kind {self.kind!r}")
+        valid = [
+            p
+            for p in inspect.signature(_builder(self.kind)).parameters
+            if p not in models.FROM_DATA
+        ]
+        check_options(
+            self.given(exclude=("kind", "factory", "options")), valid, f"model kind {self.kind!r}"
+        )
         if self.kind == "mlp" and self.hidden is None:
             raise ValueError("model kind 'mlp' needs 'hidden' (the hidden layer widths)")
         return self
@@ -249,13 +272,16 @@ class ModelConfig(Section):
         if self.factory is not None:
             model = import_object(self.factory, "model.factory")(**(self.options or {}))
             if not isinstance(model, nn.Module):
-                raise ConfigError(f"model.factory must return a torch.nn.Module, got "
-                                  f"{type(model).__name__}")
+                raise ConfigError(
+                    f"model.factory must return a torch.nn.Module, got {type(model).__name__}"
+                )
             return model
         if not hasattr(splits, "num_features"):
-            raise ConfigError(f"model: kind {self.kind!r} takes its sizes from a "
-                              "ravine.data.Splits; with data.factory, return a Splits or use "
-                              "model.factory")
+            raise ConfigError(
+                f"model: kind {self.kind!r} takes its sizes from a "
+                "ravine.data.Splits; with data.factory, return a Splits or use "
+                "model.factory"
+            )
         spec = {"kind": self.kind, **self.given(exclude=("kind", "factory", "options"))}
         try:
             return models.for_data(spec, splits.num_features, _num_outputs(splits))
@@ -305,7 +331,8 @@ class RunConfig(FitOptions):
     def fit(self) -> FitOptions:
         """The training options alone."""
         return FitOptions.model_validate(
-            {name: getattr(self, name) for name in FitOptions.model_fields})
+            {name: getattr(self, name) for name in FitOptions.model_fields}
+        )
 
     def build(self) -> Run:
         """Load the data (split with the run's seed) and build the model, whose initial
@@ -369,6 +396,54 @@ def _apply_override(raw: dict[str, Any], parts: list[str], value: Any) -> None:
     node[parts[-1]] = value
 
 
+def _drop_foreign_optimizer_options(
+    raw: dict[str, Any],
+    file_options: set[str],
+    overrides: list[tuple[list[str], Any]],
+    source: str,
+    notice: Callable[[str], None],
+) -> None:
+    """After ``--set optimizer.name=NEW``, drop the file's options that NEW does not take.
+
+    Only options that came from the file go (a file written for momentum keeps its ``momentum:``
+    line when the run switches to adam); options given on the command line are left for the
+    validator, so a mistake typed there is still an error.
+    """
+    renamed = any(parts == ["optimizer", "name"] for parts, _ in overrides)
+    section = raw.get("optimizer")
+    if not renamed or not isinstance(section, dict):
+        return
+    name = section.get("name")
+    if not isinstance(name, str) or name not in optim.names():
+        return  # the validator names the closest optimizer
+    from_command_line = {
+        parts[1] for parts, _ in overrides if len(parts) == 2 and parts[0] == "optimizer"
+    }
+    takes = optim.hyperparameters(name)
+    # Only keys of the schema: a misspelt key in the file stays an error.
+    dropped = [
+        key
+        for key in section
+        if key in file_options
+        and key not in from_command_line
+        and key != "name"
+        and key in OptimizerConfig.model_fields
+        and key not in takes
+    ]
+    if not dropped:
+        return
+    for key in dropped:
+        del section[key]
+    listed = ", ".join(f"optimizer.{key}" for key in dropped)
+    notice(
+        f"--set optimizer.name={name}: dropped {listed} from {source} (not an option of {name!r})"
+    )
+
+
+def _print_notice(message: str) -> None:
+    print(f"ravine: {message}", file=sys.stderr)
+
+
 def validate_config(raw: Any, source: str = "config") -> RunConfig:
     """Validate a raw mapping (e.g. parsed YAML) into a :class:`RunConfig`.
 
@@ -380,10 +455,18 @@ def validate_config(raw: Any, source: str = "config") -> RunConfig:
         return RunConfig.validate(raw, source)
 
 
-def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> RunConfig:
+def load_config(
+    path: str | os.PathLike[str],
+    overrides: Iterable[str] = (),
+    *,
+    notice: Callable[[str], None] | None = None,
+) -> RunConfig:
     """Read a YAML run config, apply ``--set`` style overrides and validate it.
 
-    ``run_dir`` defaults to ``runs/<file name without extension>``.
+    ``run_dir`` defaults to ``runs/<file name without extension>``. An override of
+    ``optimizer.name`` drops the file's optimizer options that the new optimizer does not take
+    and says so in one line through ``notice`` (default: printed on stderr); the same options
+    given as overrides are still errors.
 
     Raises:
         ConfigError: missing or unreadable file, invalid YAML, unknown keys or bad values; the
@@ -403,8 +486,16 @@ def load_config(path: str | os.PathLike[str], overrides: Iterable[str] = ()) -> 
     if raw is None:
         raw = {}
     if isinstance(raw, dict):
-        for parts, value in parse_overrides(overrides):
+        parsed = parse_overrides(overrides)
+        section = raw.get("optimizer")
+        file_options = set(section) if isinstance(section, dict) else set()
+        for parts, value in parsed:
+            if parts == ["optimizer"]:
+                file_options = set()  # the command line replaced the whole section
             _apply_override(raw, parts, value)
+        _drop_foreign_optimizer_options(
+            raw, file_options, parsed, str(path), notice or _print_notice
+        )
         if raw.get("run_dir") is None:
             raw["run_dir"] = str(Path("runs") / path.stem)
     folder = str(path.resolve().parent)

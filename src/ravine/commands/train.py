@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ __all__ = ["train_command"]
 
 def train_command(args: argparse.Namespace) -> int:
     """The ``ravine train`` handler: trains, prints a summary line, returns the exit status."""
-    config = load_config(args.config, args.set)
+    config = load_config(args.config, args.set, notice=_notice(args))
     if args.nproc is not None:
         return _launch(args, config)
     with distributed.process_group(config.device) as env:
@@ -54,11 +55,23 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _notice(args: argparse.Namespace) -> Callable[[str], None]:
+    """Say a config notice (e.g. options dropped by ``--set optimizer.name=...``) once: in the
+    one process, or in rank 0 of the workers (``--nproc`` leaves it to them; they get the same
+    ``--set``)."""
+    env = distributed.worker_env()
+    if (env is None and args.nproc is None) or (env is not None and env.rank == 0):
+        return lambda message: print(f"ravine train: {message}", file=sys.stderr)
+    return lambda message: None
+
+
 def _launch(args: argparse.Namespace, config: RunConfig) -> int:
     """``ravine train --nproc N``: check what can be checked here, then start the workers."""
     if distributed.is_worker():
-        raise ValueError("--nproc starts its own processes; under torchrun leave it out "
-                         "(torchrun's --nproc-per-node sets their number)")
+        raise ValueError(
+            "--nproc starts its own processes; under torchrun leave it out "
+            "(torchrun's --nproc-per-node sets their number)"
+        )
     if config.batch_size % args.nproc:
         raise ValueError(
             "batch_size is the global minibatch and must be divisible by --nproc, "
@@ -66,12 +79,16 @@ def _launch(args: argparse.Namespace, config: RunConfig) -> int:
         )
     if args.nproc > 1 and config.sync_batchnorm:
         distributed.check_sync_batchnorm(torch.device(config.device))
-    flags = [f"--{name}" for name in ("resume", "overwrite", "quiet", "debug")
-             if getattr(args, name)]
-    status = launch([args.config, *(f"--set={item}" for item in args.set), *flags],
-                    args.nproc, debug=args.debug)
+    flags = [
+        f"--{name}" for name in ("resume", "overwrite", "quiet", "debug") if getattr(args, name)
+    ]
+    status = launch(
+        [args.config, *(f"--set={item}" for item in args.set), *flags], args.nproc, debug=args.debug
+    )
     last = Path(config.run_dir) / "checkpoints" / "last.pt"
     if status in (1, EXIT_INTERRUPTED) and last.exists():
-        print(f"ravine train: --resume (with --nproc {args.nproc}) continues from {last}",
-              file=sys.stderr)
+        print(
+            f"ravine train: --resume (with --nproc {args.nproc}) continues from {last}",
+            file=sys.stderr,
+        )
     return status
