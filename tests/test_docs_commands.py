@@ -58,16 +58,7 @@ LONG = {
 }
 
 # Blocks that do not run as written (to be fixed in the documentation, not here).
-BROKEN = {
-    "opt = optim.RMSPropNesterov(net.parameters()": "a sketch: no imports, continues the quick "
-    "tour (net) and uses names no block defines (loss, evaluate)",
-    "sched = schedules.LinearDecay(opt, decay_steps=t)": "a sketch: no imports, continues the "
-    "optim block (opt) and leaves t and tau undefined",
-    'data.load("mnist1d" | "digits"': "a sketch: no imports, and "
-    '"mnist1d" | "digits" | ... is pseudo-syntax (str | str is a TypeError)',
-    "fit(net, (x, y))": "a sketch: the reader's own net, x, y, my_dataset, my_stream, "
-    'dict_dataset, top5 and opt, and device="cuda"',
-}
+BROKEN: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
