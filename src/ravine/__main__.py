@@ -4,4 +4,7 @@ import sys
 
 from ravine.commands import main
 
-sys.exit(main())
+# Guarded: worker processes started with ``spawn`` (``ravine compare --jobs``) import the main
+# module again, as ``__mp_main__``, and must not run the command a second time.
+if __name__ == "__main__":
+    sys.exit(main())
