@@ -19,12 +19,13 @@ Example::
     print(outcome.report)
 """
 
-from ravine.bench.compare import SuiteOutcome, run_suite
+from ravine.bench.compare import CellFailures, SuiteOutcome, run_suite, run_worker
 from ravine.bench.config import ConfigError, SuiteSpec, load_suite
 from ravine.bench.problems import Problem, RunResult, build
 from ravine.bench.profile import performance_profile, performance_ratios
 
 __all__ = [
+    "CellFailures",
     "ConfigError",
     "Problem",
     "RunResult",
@@ -35,4 +36,5 @@ __all__ = [
     "performance_profile",
     "performance_ratios",
     "run_suite",
+    "run_worker",
 ]
