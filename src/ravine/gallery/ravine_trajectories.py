@@ -12,9 +12,9 @@ benchmark API (:meth:`ravine.bench.Problem.run`).
 Two numbers per method: the *zig-zag*, the fraction of steps at which the steep coordinate x₂
 changes sign (the iterate jumps across the ravine), and the *distance left along the floor*,
 the largest |x₁| over the last tenth of the steps relative to the start's |x₁| (the largest, since
-momentum swings through x₁ = 0 and the last step alone may catch it at a crossing). Criterion for ``agrees``: SGD's steep
-coordinate changes sign on at least half of its steps, and momentum's distance left along the
-floor is at most a tenth of SGD's.
+momentum swings through x₁ = 0 and the last step alone may catch it at a crossing). Criterion
+for ``agrees``: SGD's steep coordinate changes sign on at least half of its steps, and momentum's
+distance left along the floor is at most a tenth of SGD's.
 """
 
 from __future__ import annotations
