@@ -101,6 +101,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     for optimizer, losses in curves.items():
         ax.semilogy(np.arange(len(losses)), losses, color=COLORS[optimizer], label=optimizer)
     ax.axhline(TOL * curves["sgd"][0], color="0.5", ls=":", lw=1, label=f"{TOL:g}·f(x₀)")
+    # below tol² the curves only repeat their rates; the axis stops there
+    ax.set_ylim(bottom=TOL**2 * curves["sgd"][0])
     ax.set_xlabel("step")
     ax.set_ylabel("f(x)")
     ax.set_title(f"quadratic κ = {KAPPA:g}: ε = 1/L, α = {ALPHA}", fontsize=9)
