@@ -133,8 +133,10 @@ def test_step_size_rules_quick_decays_go_below_the_floor(tmp_path):
     np.testing.assert_allclose(info["w_opt"], w, atol=1e-10)
     excess, lrs = step_size_rules.one_run("linear-decay", n, 0)
     assert min(excess) >= -1e-12
-    # linear decay reaches β = 0.01α at t = 100 epochs, the run's end
-    assert lrs[-1] == pytest.approx(0.01 * step_size_rules.ALPHA)
+    # the lecture's rule with t = 100 N/m: the last of the t steps is k = t - 1
+    t = 100 * math.ceil(n / step_size_rules.BATCH)
+    alpha = step_size_rules.ALPHA
+    assert lrs[-1] == pytest.approx((1 / t) * alpha + (1 - 1 / t) * 0.01 * alpha)
     figure = step_size_rules.run(tmp_path, quick=True)
     final = figure.numbers["final_excess"]
     assert final["inverse-time"][0] < final["constant"][0]

@@ -81,7 +81,7 @@ def one_run(rule: str, n: int, seed: int) -> tuple[list[float], list[float]]:
 
 def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     """Excess loss per epoch under the three schedules (mean ± std over seeds)."""
-    n = 32 if quick else 256
+    n = 32 if quick else 128
     runs: dict[str, list[list[float]]] = {r: [] for r in RULES}
     rates: dict[str, list[float]] = {}
     for s in seeds(quick, full=3, seed=seed):
