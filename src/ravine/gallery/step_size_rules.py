@@ -36,7 +36,7 @@ from torch import nn
 
 from ravine import data, fit, schedules
 from ravine.gallery import Figure
-from ravine.gallery._common import band, figure, mean_std, save, seeds
+from ravine.gallery._common import figure, mean_std, save, seeds
 
 NAME = "step-size-rules"
 ORDER = 30
@@ -100,14 +100,27 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     ax = axes[0][0]
     epochs = np.arange(1, EPOCHS + 1)
     for rule in RULES:
-        band(ax, epochs, runs[rule], rule)
+        # on a log axis the band is mean ± std of log10 (a linear band would cross zero)
+        logs = np.log10(np.maximum(np.asarray(runs[rule]), 1e-300))
+        mean = logs.mean(axis=0)
+        (line,) = ax.plot(epochs, 10**mean, label=f"{rule} (geometric mean)")
+        if len(logs) > 1:
+            spread = logs.std(axis=0, ddof=1)
+            ax.fill_between(
+                epochs,
+                10 ** (mean - spread),
+                10 ** (mean + spread),
+                color=line.get_color(),
+                alpha=0.2,
+                lw=0,
+            )
     ax.axhline(plateau[0], color="C0", ls=":", lw=1, label="constant: mean of epochs 51-100")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("excess training loss L(w) − L(w_opt)")
     ax.set_title(
         f"noisy least squares, N = {n}, m = {BATCH}, α = {ALPHA} ({n_seeds} seed"
-        f"{'s' * (n_seeds > 1)}, band ±1 std)",
+        f"{'s' * (n_seeds > 1)}, band ±1 std of log₁₀)",
         fontsize=9,
     )
     ax.xaxis.get_major_locator().set_params(integer=True)
