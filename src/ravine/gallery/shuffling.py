@@ -63,8 +63,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     splits = data.load("mnist1d", seed=seed)
     n = 640 if quick else len(splits.train)
     train = (splits.train.x[:n], splits.train.y[:n])
-    epochs = 3 if quick else 15
-    run_seeds = seeds(quick, full=4, seed=seed) if not quick else [seed, seed + 1]
+    epochs = 3 if quick else 12
+    run_seeds = seeds(quick, full=3, seed=seed) if not quick else [seed, seed + 1]
     val: dict[str, list[list[float]]] = {k: [] for k in SAMPLERS}
     final: dict[str, list[float]] = {k: [] for k in SAMPLERS}
     for s in run_seeds:
