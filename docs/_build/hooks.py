@@ -73,9 +73,7 @@ def on_files(files: Files, *, config: MkDocsConfig, **_: Any) -> Files:
         text = index.read_text(encoding="utf-8")
         files.append(File.generated(config, GALLERY_PAGE, content=text + REGENERATE))
         for image in sorted(gallery.glob("*.png")):
-            files.append(
-                File.generated(config, f"gallery/{image.name}", abs_src_path=str(image))
-            )
+            files.append(File.generated(config, f"gallery/{image.name}", abs_src_path=str(image)))
     else:
         files.append(File.generated(config, GALLERY_PAGE, content=MISSING_GALLERY))
     return files
