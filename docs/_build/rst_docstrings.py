@@ -50,6 +50,24 @@ def _block(lines: list[str], start: int, base: int) -> tuple[list[str], int]:
     return [line[depth:] if line.strip() else "" for line in body], end
 
 
+def _is_term(lines: list[str], index: int) -> bool:
+    """Whether ``lines[index]`` is a definition-list term: a literal, its text indented below.
+
+    It must start a block (after a blank line or the end of the previous item's text), so a
+    Google section item (right below its section title) is never taken for one.
+    """
+    line = lines[index]
+    previous = lines[index - 1] if index > 0 else ""
+    return (
+        line.lstrip().startswith("``")
+        and not line.rstrip().endswith(":")
+        and index + 1 < len(lines)
+        and bool(lines[index + 1].strip())
+        and _indent(lines[index + 1]) > _indent(line)
+        and (not previous.strip() or _indent(previous) > _indent(line))
+    )
+
+
 def _roles(text: str) -> str:
     text = _MATH_ROLE.sub(lambda m: "\\(" + m.group(1) + "\\)", text)
     text = _TILDE_ROLE.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
@@ -113,7 +131,7 @@ def _split_grouped_items(lines: list[str]) -> list[str]:
 
 def rst_to_markdown(text: str) -> str:
     """Rewrite the Sphinx markup of one docstring as Markdown (see the module docstring)."""
-    lines = _split_grouped_items(text.splitlines())
+    lines = _split_grouped_items(_roles(text).splitlines())
     out: list[str] = []
     index = 0
     while index < len(lines):
@@ -139,6 +157,16 @@ def rst_to_markdown(text: str) -> str:
                 out.append("")
             else:
                 out += [pad + _roles(b) for b in body]
+            continue
+        if _is_term(lines, index):
+            # An RST definition list item (a ``literal`` term, its text indented below) ->
+            # Markdown's def_list: "term" then ":   text", the text converted recursively.
+            body, index = _block(lines, index + 1, _indent(line))
+            pad = " " * _indent(line)
+            converted = rst_to_markdown("\n".join(body)).splitlines()
+            out += [line, pad + ":   " + converted[0]]
+            out += [pad + "    " + c if c.strip() else "" for c in converted[1:]]
+            out.append("")
             continue
         if line.rstrip().endswith("::") and not line.strip().startswith(".."):
             head = line.rstrip()[:-2].rstrip()
