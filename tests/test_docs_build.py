@@ -8,6 +8,7 @@ captions, and the images beside it).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -93,3 +94,56 @@ def test_broken_link_fails_the_build(tmp_path: Path) -> None:
     done = build(tmp_path / "mkdocs.yml", tmp_path / "site", tmp_path / "no-gallery")
     assert done.returncode != 0
     assert "no-such-page.md" in done.stderr
+
+
+def load_converter():
+    spec = importlib.util.spec_from_file_location(
+        "rst_docstrings", ROOT / "docs" / "_build" / "rst_docstrings.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.rst_to_markdown
+
+
+def test_sphinx_markup_becomes_markdown() -> None:
+    convert = load_converter()
+    text = "\n".join(
+        [
+            "Uses :class:`~ravine.optim.SGD` and :func:`fit` with :math:`\\epsilon_k`.",
+            "",
+            "=====  ========",
+            "name   update",
+            "=====  ========",
+            "sgd    |g| step",
+            "=====  ========",
+            "",
+            ".. math:: \\theta \\leftarrow \\theta - \\epsilon g",
+            "",
+            ".. warning:: careful",
+            "   here.",
+            "",
+            "``term``",
+            "    its :math:`x`",
+            "    text.",
+            "",
+            "Example::",
+            "",
+            "    fit(net, data)",
+            "",
+            "Args:",
+            "    a, b: shared text.",
+            "    c: alone.",
+        ]
+    )
+    lines = convert(text).splitlines()
+    assert lines[0] == "Uses `SGD` and `fit` with \\(\\epsilon_k\\)."
+    assert "| name | update |" in lines and "| sgd | \\|g\\| step |" in lines
+    math = lines.index("$$")
+    assert lines[math : math + 3] == ["$$", "\\theta \\leftarrow \\theta - \\epsilon g", "$$"]
+    warning = lines.index("!!! warning")
+    assert lines[warning + 2 : warning + 4] == ["    careful", "    here."]
+    term = lines.index("``term``")
+    assert lines[term + 1 : term + 3] == [":   its \\(x\\)", "    text."]
+    example = lines.index("Examples:")
+    assert lines[example + 1 : example + 4] == ["    ```", "    fit(net, data)", "    ```"]
+    assert lines[-3:] == ["    a: shared text.", "    b: shared text.", "    c: alone."]
