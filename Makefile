@@ -5,12 +5,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: demo test lint bench gallery clean
+.PHONY: demo test lint bench gallery docs clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_PIN)
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,docs]'
 	touch $@
 
 demo: $(VENV)/.installed
@@ -34,6 +34,10 @@ bench: $(VENV)/.installed
 
 gallery: $(VENV)/.installed
 	$(VENV)/bin/ravine gallery --out gallery
+
+# The documentation site (MkDocs + mkdocstrings) into build/site/; --strict: a broken link fails.
+docs: $(VENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check src tests benchmarks
