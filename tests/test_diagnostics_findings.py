@@ -213,13 +213,22 @@ def test_ill_conditioned_from_kappa_and_from_the_chapter_test():
     )
     assert found.fix == {"optimizer": "momentum", "momentum": 0.9} and "O(√κ)" in found.message
     # with the run's lr the momentum fix keeps the effective step ε/(1 − α)
-    with_lr = one({"lr": 0.02, "condition_number": 1e4, "lambda_max": 10.0, "lambda_min": 1e-3,
-                   "optimizer": "sgd", "lr_ratio": 0.1}, "ill-conditioned")
+    with_lr = one(
+        {
+            "lr": 0.02,
+            "condition_number": 1e4,
+            "lambda_max": 10.0,
+            "lambda_min": 1e-3,
+            "optimizer": "sgd",
+            "lr_ratio": 0.1,
+        },
+        "ill-conditioned",
+    )
     assert with_lr.fix["lr"] == pytest.approx(0.02 * (1 - 0.9))
     # inputs on very different scales: standardize them
     scaled = one({"input_scale_ratio": 2e5}, "ill-conditioned")
     assert scaled.fix == {"standardize": True} and "2e+05" in scaled.message
-    assert "ill-conditioned" not in codes({"input_scale_ratio": 50.0})
+    assert "ill-conditioned" not in codes({"input_scale_ratio": 50.0})  # e.g. MNIST-1D: 2.5
     # κ is computed when not given; negative λmin (a saddle) is not ill-conditioning.
     assert "ill-conditioned" in codes({"lambda_max": 10.0, "lambda_min": 1e-3})
     assert "ill-conditioned" not in codes({"lambda_max": 10.0, "lambda_min": -1e-3})
@@ -589,3 +598,14 @@ def test_known_keys_cover_step_size(name):
     assert set(out) <= KNOWN_KEYS
     diagnosis = Diagnosis.from_numbers(out)
     assert not any("step size" in s for s in diagnosis.skipped)
+
+
+def test_lr_too_low_discounts_the_best_step_for_minibatch_noise():
+    # ε* = 0.5 far above lr; with little noise (m = 64, B_simple = 100) the fix is ε*/(1 + B/m)
+    base = {"optimizer": "sgd", "lr": 1e-4, "lr_bound": 1.0, "lr_ratio": 1e-4, "lr_star": 0.5}
+    calm = one({**base, "batch_size": 64, "b_simple": 100.0}, "lr-too-low")
+    assert calm.fix["lr"] == pytest.approx(0.5 / (1 + 100 / 64))
+    # noise-dominated near a minimum: the discounted best step is not 10x the lr, so no finding
+    noisy = {**base, "lr_star": 0.05, "batch_size": 8, "b_simple": 1000.0}
+    assert 0.05 / (1 + 1000 / 8) < 10 * 1e-4
+    assert "lr-too-low" not in codes(noisy)

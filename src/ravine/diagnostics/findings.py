@@ -27,6 +27,10 @@ Rules (thresholds are the fields of :class:`FindingThresholds`; sources in brack
     ``ε* = gᵀg / gᵀHg`` exceeds ``lr_star_factor · lr`` (the loss along −g keeps falling well past
     the current step). Fix ``lr = min(safe_fraction · lr_bound, ε*)``. Never together with a
     finding that lowers the learning rate.
+    With B_simple and m known, ε* is discounted for the minibatch noise, ``ε*/(1 + B_simple/m)``
+    (McCandlish et al. 2018, eq. 2.6; the lecture's reason for decaying steps): near a minimum,
+    where the noise dominates, a small step is right. For heavy ball and Nesterov the suggested
+    lr is ``ε*(1 − α)``, whose effective step ``ε/(1 − α)`` is ε*.
 ``batch-too-small`` / ``batch-too-large`` (warning)
     The simple noise scale ``B_simple = tr(Σ)/|G|²`` (McCandlish et al. 2018, "An empirical model
     of large-batch training") is the batch size where noise and signal balance; the lecture's
@@ -306,7 +310,7 @@ class FindingThresholds:
     batch_factor: float = 10.0
     ill_conditioned: float = ILL_CONDITIONED
     ill_second_order: float = 0.5
-    input_scale: float = 1e4
+    input_scale: float = 1e3
     saddle_negative: float = SADDLE_NEGATIVE
     saddle_gradient: float = SADDLE_GRADIENT
     loss_floor: float = 0.0
@@ -679,35 +683,45 @@ def _step_size(n: _Numbers, th: FindingThresholds, ctx: _Context) -> tuple[list[
         g_tg, g_hg = n.num("gTg"), n.num("gHg")
         if g_tg is not None and g_hg is not None and g_hg > 0:
             lr_star = g_tg / g_hg
-    if ratio < th.lr_low and lr is not None:
-        star_room = lr_star is None or lr_star <= 0 or lr_star > th.lr_star_factor * lr
-        if star_room and bound is not None and math.isfinite(bound):
-            target = th.safe_fraction * bound
-            if lr_star is not None and lr_star > 0:
-                # heavy ball and Nesterov move ε/(1−α) per step in a steady direction: the lr
-                # whose effective step is ε* is ε*(1−α)
-                heavy = opt in ("momentum", "nesterov") and 0 < momentum < 1
-                target = min(target, lr_star * (1 - momentum) if heavy else lr_star)
-                evidence["lr_star"] = lr_star
-            if target > lr:
-                ctx.lr_up = True
-                star = (
-                    f" and the best step along the gradient is ε* = {_fmt(lr_star)}"
-                    if (lr_star is not None and lr_star > 0)
-                    else ""
+    if ratio < th.lr_low and lr is not None and bound is not None and math.isfinite(bound):
+        target = th.safe_fraction * bound
+        star_text = ""
+        if lr_star is not None and lr_star > 0:
+            evidence["lr_star"] = lr_star
+            # heavy ball and Nesterov move ε/(1−α) per step in a steady direction: the lr whose
+            # effective step is ε* is ε*(1−α)
+            heavy = opt in ("momentum", "nesterov") and 0 < momentum < 1
+            best = lr_star * (1 - momentum) if heavy else lr_star
+            # with gradient noise the best step shrinks to ε_max / (1 + B_simple/m)
+            # (McCandlish et al. 2018, eq. 2.6): near a minimum, where the noise dominates, a
+            # small (decayed) step is right, and raising it buys noise, not progress
+            m, b = n.num("batch_size"), n.num("b_simple")
+            if m is not None and m > 0 and b is not None and math.isfinite(b) and b > 0:
+                best /= 1 + b / m
+                evidence.update(batch_size=m, b_simple=b)
+                star_text = (
+                    f" and the best step along the gradient, discounted for the minibatch noise "
+                    f"(ε*/(1 + B_simple/m), B_simple ≈ {_fmt(b)}), is {_fmt(best)}"
                 )
-                return [
-                    Finding(
-                        "lr-too-low",
-                        "warning",
-                        f"The learning rate {_fmt(lr)} is only {_fmt(ratio)} of {where}{star}: "
-                        f"steps are needlessly short. Raise it to about {_fmt(target)} (and "
-                        "measure the sharpness again).",
-                        evidence,
-                        {"lr": target},
-                        score=th.lr_low / max(ratio, 1e-300),
-                    )
-                ], ""
+            else:
+                star_text = f" and the best step along the gradient is ε* = {_fmt(lr_star)}"
+            if best <= th.lr_star_factor * lr:
+                return [], ""
+            target = min(target, best)
+        if target > lr:
+            ctx.lr_up = True
+            return [
+                Finding(
+                    "lr-too-low",
+                    "warning",
+                    f"The learning rate {_fmt(lr)} is only {_fmt(ratio)} of {where}{star_text}: "
+                    f"steps are needlessly short. Raise it to about {_fmt(target)} (and "
+                    "measure the sharpness again).",
+                    evidence,
+                    {"lr": target},
+                    score=th.lr_low / max(ratio, 1e-300),
+                )
+            ], ""
     return [], ""
 
 
