@@ -6,7 +6,7 @@ training set (1024 examples for the gradient statistics, 256 for the Hessian-vec
 The first call includes the one-time choice of the Hessian-vector-product backend (cached per
 model); the table gives it apart from the median of the following calls.
 
-Usage: python benchmarks/diagnose_time.py [--repeats 5] [--threads 2]
+Usage: python benchmarks/diagnose_time.py [--repeats 5] [--threads 1]
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ RESULTS = Path(__file__).parent / "results" / "diagnose_time.md"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", category=diagnostics.DiagnosticsWarning)
