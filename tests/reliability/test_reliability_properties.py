@@ -252,10 +252,34 @@ def test_safe_yaml_on_random_text_returns_or_raises_yaml_error(text):
 # the sections' own validators as well as the unknown-key path.
 CONFIG_KEYS = st.sampled_from(
     [
-        "data", "model", "optimizer", "schedule", "epochs", "batch_size", "lr", "loss",
-        "early_stopping", "device", "seed", "metrics", "loggers", "diagnostics", "run_dir",
-        "name", "kind", "hidden", "norm", "dropout", "val_fraction", "patience", "momentum",
-        "betas", "warmup_steps", "optimzer", "0", "",
+        "data",
+        "model",
+        "optimizer",
+        "schedule",
+        "epochs",
+        "batch_size",
+        "lr",
+        "loss",
+        "early_stopping",
+        "device",
+        "seed",
+        "metrics",
+        "loggers",
+        "diagnostics",
+        "run_dir",
+        "name",
+        "kind",
+        "hidden",
+        "norm",
+        "dropout",
+        "val_fraction",
+        "patience",
+        "momentum",
+        "betas",
+        "warmup_steps",
+        "optimzer",
+        "0",
+        "",
     ]
 )
 SCALARS = st.one_of(
@@ -283,14 +307,39 @@ VALID_RUN = {
 }
 PATHS = st.sampled_from(
     [
-        ("data",), ("data", "name"), ("data", "val_fraction"), ("data", "seed"),
-        ("data", "size"), ("model",), ("model", "kind"), ("model", "hidden"), ("model", "norm"),
-        ("model", "dropout"), ("model", "channels"), ("optimizer",), ("optimizer", "name"),
-        ("optimizer", "lr"), ("optimizer", "betas"), ("optimizer", "rho"), ("schedule",),
-        ("schedule", "name"), ("schedule", "gamma"), ("early_stopping",),
-        ("early_stopping", "mode"), ("epochs",), ("batching",), ("loss",), ("precision",),
-        ("device",), ("clip_norm",), ("metrics",), ("loggers",), ("diagnostics",), ("seed",),
-        ("accumulate",), ("optimzer", "lr"),
+        ("data",),
+        ("data", "name"),
+        ("data", "val_fraction"),
+        ("data", "seed"),
+        ("data", "size"),
+        ("model",),
+        ("model", "kind"),
+        ("model", "hidden"),
+        ("model", "norm"),
+        ("model", "dropout"),
+        ("model", "channels"),
+        ("optimizer",),
+        ("optimizer", "name"),
+        ("optimizer", "lr"),
+        ("optimizer", "betas"),
+        ("optimizer", "rho"),
+        ("schedule",),
+        ("schedule", "name"),
+        ("schedule", "gamma"),
+        ("early_stopping",),
+        ("early_stopping", "mode"),
+        ("epochs",),
+        ("batching",),
+        ("loss",),
+        ("precision",),
+        ("device",),
+        ("clip_norm",),
+        ("metrics",),
+        ("loggers",),
+        ("diagnostics",),
+        ("seed",),
+        ("accumulate",),
+        ("optimzer", "lr"),
     ]
 )
 
@@ -384,16 +433,45 @@ OVERRIDE_TEXT = st.one_of(
         lambda key, value: f"{key}={value}",
         st.one_of(
             st.sampled_from(
-                ["optimizer.lr", "epochs", "model.hidden", "data.name", "optimizer", "model",
-                 "early_stopping.patience", "schedule", "optimzer.lr", "a..b", ".x", "lr.x",
-                 "data.val_fraction", "device", "loss"]
+                [
+                    "optimizer.lr",
+                    "epochs",
+                    "model.hidden",
+                    "data.name",
+                    "optimizer",
+                    "model",
+                    "early_stopping.patience",
+                    "schedule",
+                    "optimzer.lr",
+                    "a..b",
+                    ".x",
+                    "lr.x",
+                    "data.val_fraction",
+                    "device",
+                    "loss",
+                ]
             ),
             st.text(max_size=10),
         ),
         st.one_of(
             st.text(max_size=15),
-            st.sampled_from(["1e-5", "[1, 2", "{a: 1}", "null", "&a [*a]", "!!python/none",
-                             "0x1F", "-.inf", ".nan", "'x", "2001-13-45", "~", "[8, 4]"]),
+            st.sampled_from(
+                [
+                    "1e-5",
+                    "[1, 2",
+                    "{a: 1}",
+                    "null",
+                    "&a [*a]",
+                    "!!python/none",
+                    "0x1F",
+                    "-.inf",
+                    ".nan",
+                    "'x",
+                    "2001-13-45",
+                    "~",
+                    "[8, 4]",
+                ]
+            ),
         ),
     ),
 )
@@ -463,8 +541,24 @@ NUMBERS = st.one_of(
 CELLS = st.one_of(
     NUMBERS,
     NUMBERS,
-    st.sampled_from(["", " ", "nan", "inf", "a", "b", '"q"', "1,2", "x\ny", "1e400", "0x10",
-                     "label", "\ufeff", "１"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "nan",
+            "inf",
+            "a",
+            "b",
+            '"q"',
+            "1,2",
+            "x\ny",
+            "1e400",
+            "0x10",
+            "label",
+            "\ufeff",
+            "１",
+        ]
+    ),
     st.text(max_size=4),
 )
 
@@ -478,16 +572,24 @@ def csv_texts(draw) -> str:
         header = [f"f{j}" for j in range(columns - 1)] + ["label"]
         finite = st.floats(-10, 10).map(repr)
         # class numbers, class names or regression targets, one kind per table
-        labels = draw(st.sampled_from([st.sampled_from(["0", "1", "2"]),
-                                       st.sampled_from(["cat", "dog"]), finite]))
-        rows = draw(st.lists(st.tuples(st.lists(finite, min_size=columns - 1,
-                                                max_size=columns - 1), labels),
-                             min_size=6, max_size=12))
+        labels = draw(
+            st.sampled_from(
+                [st.sampled_from(["0", "1", "2"]), st.sampled_from(["cat", "dog"]), finite]
+            )
+        )
+        rows = draw(
+            st.lists(
+                st.tuples(st.lists(finite, min_size=columns - 1, max_size=columns - 1), labels),
+                min_size=6,
+                max_size=12,
+            )
+        )
         rows = [[*r, label] for r, label in rows]
         change = draw(st.sampled_from(["none", "cell", "header"]))
         if change == "cell":
             rows[draw(st.integers(0, len(rows) - 1))][draw(st.integers(0, columns - 1))] = draw(
-                CELLS)
+                CELLS
+            )
         elif change == "header":
             header[draw(st.integers(0, columns - 1))] = draw(CELLS)
     else:
@@ -495,8 +597,9 @@ def csv_texts(draw) -> str:
         if draw(st.booleans()):
             header[draw(st.integers(0, columns - 1))] = "label"
         width = st.integers(columns - 1, columns + 1)
-        rows = draw(st.lists(width.flatmap(lambda n: st.lists(CELLS, min_size=n, max_size=n)),
-                             max_size=10))
+        rows = draw(
+            st.lists(width.flatmap(lambda n: st.lists(CELLS, min_size=n, max_size=n)), max_size=10)
+        )
     out = io.StringIO()
     writer = csv.writer(out, lineterminator=draw(st.sampled_from(["\n", "\r\n"])))
     writer.writerow(header)
@@ -526,8 +629,19 @@ def test_csv_files_of_arbitrary_bytes_load_or_fail_in_one_line(tmp_path, content
 
 ARRAYS = st.one_of(
     hnp.arrays(
-        st.sampled_from([np.float64, np.float32, np.int64, np.int8, np.bool_, np.complex64,
-                         "<U2", "S2", "datetime64[D]"]),
+        st.sampled_from(
+            [
+                np.float64,
+                np.float32,
+                np.int64,
+                np.int8,
+                np.bool_,
+                np.complex64,
+                "<U2",
+                "S2",
+                "datetime64[D]",
+            ]
+        ),
         hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5),
     ),
 )
