@@ -55,7 +55,8 @@ def test_search_spaces_in_optimizer_entries():
         (suite(optimizers=[{"name": "adam", "lr": -0.1}]),
          "optimizers[0].lr: lr must be a finite number > 0, got -0.1"),
         (suite(tuning={"metod": "grid"}), "tuning.metod: unknown key; did you mean 'method'?"),
-        (suite(tuning={"method": "gird"}), "tuning.method: 'gird' is not allowed; did you mean"),
+        (suite(tuning={"method": "gird"}),
+         "tuning.method: Input should be 'tpe', 'grid' or 'none', got 'gird'; did you mean"),
         (suite(tuning={"method": "grid"}), "needs a non-empty 'grid'"),
         (suite(tuning={"method": "none"}), "optimizer 'sgd' needs a fixed lr"),
         (suite(tuning={"low": 1.0, "high": 0.1}), "tuning needs low < high"),
@@ -65,7 +66,8 @@ def test_search_spaces_in_optimizer_entries():
         (suite(optimizers=[{"name": "momentum", "momentum": {"search": "uniform", "low": 0.1,
                                                              "high": 0.9}}],
                tuning={"method": "grid", "grid": [0.1]}), "grid tuning"),
-        (suite(profile_cost="wall"), "profile_cost: 'wall' is not allowed"),
+        (suite(profile_cost="wall"),
+         "profile_cost: Input should be 'epochs' or 'time', got 'wall'"),
     ],
 )
 def test_errors_are_one_line_with_the_key(data, message):

@@ -1,15 +1,21 @@
-"""Atomic file writes: a temporary file in the same folder, fsync, then a rename.
+"""Atomic file writes and the safe YAML reader: the file-handling half of the error toolkit.
 
-A reader (or a process resumed after ``kill -9``) therefore sees either the previous complete
+Every file ravine writes (configs, metrics tables, checkpoints, reports, plots, cached data) goes
+through :func:`write_atomic`: a temporary file in the same folder, written, flushed and
+``fsync``-ed, renamed over the target with :func:`os.replace` (atomic within one file system on
+POSIX and Windows), then the folder ``fsync``-ed so that the rename itself survives a power cut.
+A reader, or a process resumed after ``kill -9``, therefore sees either the previous complete
 file or the new complete one, never a partial write.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import math
 import os
-import tempfile
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +24,7 @@ import yaml
 
 __all__ = [
     "YAMLError",
+    "fsync_dir",
     "json_ready",
     "safe_yaml",
     "write_atomic",
@@ -26,20 +33,83 @@ __all__ = [
 ]
 
 
-def write_atomic(path: str | os.PathLike[str], write: Callable[[IO[str]], None]) -> None:
-    """Call ``write(handle)`` on a temporary text file beside ``path``, then rename it."""
+def fsync_dir(directory: str | os.PathLike[str]) -> None:
+    """``fsync`` a folder, so that a rename inside it is on disk once this returns.
+
+    A no-op where folders cannot be opened (Windows) or the file system refuses to sync one.
+    """
+    if os.name == "nt":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
+def write_atomic(
+    path: str | os.PathLike[str],
+    write: Callable[[IO[Any]], object],
+    *,
+    binary: bool = False,
+    encoding: str = "utf-8",
+    newline: str | None = None,
+    single_writer: bool = False,
+) -> None:
+    """Call ``write(handle)`` on a temporary file beside ``path``, then put it at ``path``.
+
+    The steps: create the temporary file in ``path``'s folder (made if missing); ``write`` into
+    it; flush and ``fsync`` it; :func:`os.replace` it onto ``path``; ``fsync`` the folder. When
+    ``write`` raises, the temporary file is removed and ``path`` is left as it was.
+
+    Args:
+        path: the file to (re)place.
+        write: called once with the open handle; whatever it returns is ignored.
+        binary: open the handle in ``"wb"`` mode (``torch.save``, ``np.savez``,
+            ``Figure.savefig``); otherwise in text mode with ``encoding`` and ``newline``
+            (as :func:`open` takes them; ``newline=""`` for the :mod:`csv` module).
+        single_writer: the caller guarantees that no other process writes ``path`` at the same
+            time (e.g. rank 0 under the run-directory lock). The temporary file is then always
+            ``.<name>.tmp``, so one left behind by a killed process is overwritten by the next
+            write instead of piling up. Otherwise each write gets a unique temporary name, so
+            concurrent writers (e.g. of a shared data cache) never write into one file.
+
+    The temporary file is created with the default permissions (``0o666`` less the umask), like
+    any file :func:`open` creates, so the result is readable by whoever could read a plainly
+    written one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if single_writer:
+        tmp = path.with_name(f".{path.name}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    else:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    fd = os.open(tmp, flags | getattr(os, "O_BINARY", 0), 0o666)
     try:
-        with os.fdopen(fd, "w") as handle:
+        try:
+            handle: IO[Any] = (
+                os.fdopen(fd, "wb")
+                if binary
+                else os.fdopen(fd, "w", encoding=encoding, newline=newline)
+            )
+        except BaseException:
+            os.close(fd)
+            raise
+        with handle:
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
+    except BaseException:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
 def json_ready(value: Any) -> Any:
@@ -105,8 +175,10 @@ def safe_yaml(text: str, source: str) -> Any:
     if node is None:
         return None
     if _expanded_size(node, {}) > YAML_NODE_BUDGET:
-        raise YAMLError(f"{source}: its aliases expand to more than {YAML_NODE_BUDGET} YAML "
-                        "nodes; refusing to read it (write the values out instead)")
+        raise YAMLError(
+            f"{source}: its aliases expand to more than {YAML_NODE_BUDGET} YAML "
+            "nodes; refusing to read it (write the values out instead)"
+        )
     try:
         return yaml.SafeLoader(text).get_single_data()
     except yaml.YAMLError as exc:  # e.g. an unknown tag (!!python/object)

@@ -448,8 +448,7 @@ def find_search_spaces(raw: dict[str, Any], prefix: str = "") -> dict[str, Searc
             try:
                 spaces[path] = SearchSpace.model_validate(value)
             except ValidationError as exc:
-                message = format_validation_error(exc, SearchSpace)
-                raise ConfigError(f"{path}: {message.removeprefix('config: ')}") from None
+                raise ConfigError(f"{path}: {format_validation_error(exc, SearchSpace)}") from None
         elif isinstance(value, dict):
             spaces.update(find_search_spaces(value, f"{path}."))
     return spaces

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from ravine._io import write_atomic
 from ravine.train.distributed import worker_env
 
 __all__ = ["launch", "report_failure", "is_peer_failure", "ERRORS_ENV"]
@@ -90,9 +91,7 @@ def report_failure(
     }
     # Written before the process exits, hence before its peers can notice that it is gone.
     path = Path(folder) / f"rank-{env.rank}.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: f.write(json.dumps(record)))
 
 
 def _read_records(folder: Path) -> list[dict[str, Any]]:

@@ -23,12 +23,10 @@ Each ``load_*`` function is the source behind :func:`ravine.data.load` for its n
 
 from __future__ import annotations
 
-import contextlib
 import importlib.metadata
 import math
 import os
 import random
-import uuid
 import warnings
 import zipfile
 from pathlib import Path
@@ -37,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ravine._io import write_atomic
 from ravine.data.splits import (
     Splits,
     as_dtype,
@@ -77,22 +76,6 @@ def _generate_mnist1d() -> dict[str, np.ndarray]:
     return {k: np.asarray(data[k]) for k in _MNIST1D_ARRAYS}
 
 
-def _write_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz so that readers see either no file or the complete one (tmp + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name per writer (so concurrent writers never share one), created with the
-    # default permissions (umask) rather than mkstemp's owner-only ones, so shared caches work.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _mnist1d_arrays() -> tuple[dict[str, np.ndarray], Path]:
     try:
         version = importlib.metadata.version("mnist1d")
@@ -109,7 +92,10 @@ def _mnist1d_arrays() -> tuple[dict[str, np.ndarray], Path]:
             pass  # an unreadable cache file (e.g. damaged by hand) is regenerated below
     arrays = _generate_mnist1d()
     try:
-        _write_atomic(path, arrays)
+        # Readers see either no file or the complete one. Processes may fill a shared cache at
+        # the same time: write_atomic gives each writer its own temporary file, created with
+        # the default permissions (umask), so the cache stays readable by the others.
+        write_atomic(path, lambda f: np.savez(f, **arrays), binary=True)
     except OSError as error:
         warnings.warn(f"could not cache mnist1d at {path}: {error}", RuntimeWarning, stacklevel=4)
     return arrays, path

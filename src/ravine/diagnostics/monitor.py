@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import random
 import time
 from collections import deque
@@ -573,12 +572,6 @@ def _plot(monitor: Monitor, path: Path) -> Path:
         draw(ax)
     axes[-1].set_xlabel("step")
     axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True, nbins=6))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # Beside the target, then renamed: a reader never sees a half-written image.
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        figure.savefig(partial, dpi=80, format="png")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    write_atomic(path, lambda f: figure.savefig(f, dpi=80, format="png"), binary=True)
     return path

@@ -61,7 +61,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,6 +74,7 @@ from torch.utils.data import DataLoader, IterableDataset, Subset
 
 from ravine import optim
 from ravine._checks import suggest
+from ravine._io import write_atomic
 from ravine.data.sources import (
     EVAL_BATCH_SIZE,
     as_tensors,
@@ -335,7 +335,10 @@ class ProbeResult:
         ax.set_title(f"Forked continuations, {self.examples:,} examples each")
         ax.grid(True, alpha=0.3)
         ax.legend()
-        return _save_atomic(figure, Path(path))
+        path = Path(path)
+        image = path.suffix.lstrip(".") or "png"
+        write_atomic(path, lambda f: figure.savefig(f, format=image), binary=True)
+        return path
 
     def __repr__(self) -> str:
         best = self.best
@@ -359,19 +362,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return repr(value)
-
-
-def _save_atomic(figure: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 # --- fixes ---------------------------------------------------------------------------------

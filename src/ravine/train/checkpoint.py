@@ -4,7 +4,8 @@ A checkpoint is one ``torch.save`` file holding a plain dictionary (tensors, num
 lists, dicts) so that it loads with ``torch.load(weights_only=True)``: no pickled code is ever
 executed when a run is resumed. It is written atomically: to a temporary file in the same
 directory, flushed and ``fsync``-ed, then renamed over the old file with :func:`os.replace`, and
-the directory is ``fsync``-ed so the rename itself survives a crash. A process killed at any
+the directory is ``fsync``-ed so the rename itself survives a crash (all by
+:func:`ravine._io.write_atomic`). A process killed at any
 moment therefore leaves either the previous checkpoint or the new one, never a torn file.
 
 :class:`AsyncCheckpointWriter` takes the writing off the training loop: it copies the payload
@@ -24,6 +25,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ravine._io import write_atomic
 
 __all__ = [
     "FORMAT",
@@ -49,35 +52,17 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
-    """Write ``payload`` (plus the format marker) to ``path`` atomically.
+    """Write ``payload`` (plus the format marker and its SHA-256) to ``path`` atomically, with
+    :func:`ravine._io.write_atomic`.
 
     The temporary file lives next to ``path`` so that the final :func:`os.replace` is a rename
     within one file system, which POSIX makes atomic.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # One writer per run directory (rank 0), so a fixed name suffices; a file left behind by a
-    # killed process is simply overwritten by the next save.
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            body = _body(payload)
-            torch.save({"format": FORMAT, "version": VERSION, **body,
-                        "sha256": payload_digest(body)}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    body = _body(payload)
+    record = {"format": FORMAT, "version": VERSION, **body, "sha256": payload_digest(body)}
+    # One writer per run directory (rank 0), so a fixed temporary name suffices: a file left
+    # behind by a killed process is simply overwritten by the next save.
+    write_atomic(path, lambda f: torch.save(record, f), binary=True, single_writer=True)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

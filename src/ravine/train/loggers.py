@@ -26,9 +26,10 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, runtime_checkable
 
 from ravine._checks import suggest
+from ravine._io import write_atomic
 from ravine.train.checkpoint import CheckpointError
 
 __all__ = [
@@ -152,8 +153,8 @@ class CsvLogger:
     Other kinds of record are ignored. Columns are the union of the keys seen, in the order
     they first appeared (``kind`` left out); an epoch without a key leaves its cell empty.
     When a record brings a new key, the whole (small) file is rewritten with the wider header
-    through a temporary file and :func:`os.replace`, so a reader never sees a half-written
-    table. Each row is flushed to the operating system as it is logged.
+    through :func:`ravine._io.write_atomic` (a temporary file, ``fsync``, a rename), so a reader
+    never sees a half-written table. Each row is flushed to the operating system as it is logged.
 
     Args:
         path: the CSV file.
@@ -218,17 +219,15 @@ class CsvLogger:
     def _rewrite(self) -> None:
         if self._file is not None:
             self._file.close()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        try:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                if self._columns:
-                    writer = csv.DictWriter(f, self._columns, lineterminator="\n")
-                    writer.writeheader()
-                    writer.writerows(self._rows)
-            os.replace(tmp, self.path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        def write(f: IO[str]) -> None:
+            if self._columns:
+                writer = csv.DictWriter(f, self._columns, lineterminator="\n")
+                writer.writeheader()
+                writer.writerows(self._rows)
+
+        # one writer per run directory (rank 0 under the run lock)
+        write_atomic(self.path, write, newline="", single_writer=True)
         self._file = open(self.path, "a", newline="", encoding="utf-8")
 
     def flush(self) -> None:

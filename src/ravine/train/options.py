@@ -32,7 +32,7 @@ from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from ravine import optim, schedules
-from ravine._checks import ConfigError, check_options, suggest, validation_message
+from ravine._checks import ConfigError, check_options, format_validation_error, suggest
 from ravine.train.diagnostics_schedule import DiagnosticsSchedule
 from ravine.train.early_stopping import EarlyStopping
 
@@ -419,7 +419,7 @@ class FitOptions(Section):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(validation_message(exc, cls, source)) from None
+            raise ConfigError(format_validation_error(exc, cls, source)) from None
 
     def fit_kwargs(self) -> dict[str, Any]:
         """These options as keyword arguments of :func:`ravine.fit`."""
