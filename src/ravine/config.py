@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -99,7 +100,7 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from ravine import data, models, optim
-from ravine._checks import ConfigError, check_options
+from ravine._checks import ConfigError, check_options, shown
 from ravine._io import YAMLError, safe_yaml
 from ravine.train.options import (
     EarlyStoppingConfig,
@@ -371,8 +372,11 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
-        if not sep or not all(parts):
-            raise ConfigError(f"--set expects KEY=VALUE with a dotted KEY, got {item!r}")
+        if not sep or not all(parts) or any(re.search(r"\s", part) for part in parts):
+            raise ConfigError(
+                f"--set expects KEY=VALUE with a dotted KEY (no spaces or line breaks), got "
+                f"{shown(item)}"
+            )
         try:
             value = safe_yaml(text, "--set") if text.strip() else None
         except YAMLError:

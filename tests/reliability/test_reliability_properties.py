@@ -496,11 +496,6 @@ def test_set_on_arbitrary_text_gives_a_config_or_one_line(tmp_path, items):
         assert isinstance(config, RunConfig)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="config.parse_overrides / _apply_override put the raw KEY into the message, so a "
-    "line break in KEY splits the one-line error (found by the property above with more examples)",
-)
 @pytest.mark.parametrize("item", ["a\nb=[", "epochs.a\nb=1"])
 def test_set_key_with_a_line_break_is_reported_on_one_line(tmp_path, item):
     path = tmp_path / "cfg.yaml"
@@ -687,12 +682,6 @@ def npz_archives() -> list[bytes]:
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="data.formats.load_npz catches errors of np.load but not of reading a member "
-    "(archive[key]): zipfile.BadZipFile ('Bad CRC-32'), zlib.error, NotImplementedError, "
-    "RuntimeError, OSError and EOFError escape from a damaged archive",
-)
 @FEW
 @given(data=st.data())
 def test_a_truncated_or_bit_flipped_npz_fails_in_one_line(tmp_path, npz_archives, data):

@@ -17,13 +17,14 @@ from __future__ import annotations
 import csv
 import math
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ravine._checks import suggest
+from ravine._checks import shown, suggest
 from ravine.data.splits import Splits, check_task, encode_labels, split_arrays
 
 __all__ = ["load_csv", "load_npz"]
@@ -210,6 +211,12 @@ def load_npz(
                 raise ValueError(
                     f"{where}: array {key!r} is an object array (ragged rows or mixed types?); "
                     f"store a rectangular numeric array"
+                ) from None
+            except (zipfile.BadZipFile, zlib.error, NotImplementedError, OSError, EOFError,
+                    RuntimeError) as exc:
+                raise ValueError(
+                    f"{where}: array {key!r} cannot be read, the file is damaged "
+                    f"({type(exc).__name__}: {shown(str(exc))})"
                 ) from None
     x, y = arrays["x"], arrays["y"]
     if x.ndim == 0 or y.ndim == 0:
