@@ -17,6 +17,7 @@ name share the study: each runs its ``--trials`` trials, and every trial is reco
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import copy
 import json
@@ -354,16 +355,25 @@ def _interrupts() -> Iterator[list[int]]:
         raise KeyboardInterrupt
 
     def unraisable(info: Any) -> None:
-        # the Ctrl-C is recorded in ``seen``: no "Exception ignored" traceback for it
-        if not isinstance(info.exc_value, KeyboardInterrupt):
+        # the Ctrl-C is recorded in ``seen``: no "Exception ignored" traceback for it, and it is
+        # delivered again a moment later, outside the callback, so the trial stops now rather
+        # than after its last epoch
+        if isinstance(info.exc_value, KeyboardInterrupt):
+            timer = threading.Timer(0.05, _thread.interrupt_main)
+            timers.append(timer)
+            timer.start()
+        else:
             hook(info)
 
+    timers: list[threading.Timer] = []
     hook = sys.unraisablehook
     previous = signal.signal(signal.SIGINT, handler)
     sys.unraisablehook = unraisable
     try:
         yield seen
     finally:
+        for timer in timers:
+            timer.cancel()
         signal.signal(signal.SIGINT, previous)
         sys.unraisablehook = hook
 

@@ -40,6 +40,7 @@ import torch.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         return _fail(args, one_line(exc), EXIT_NONFINITE)
     except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # exiting: a late Ctrl-C must not kill it
         return _fail(args, "interrupted", EXIT_INTERRUPTED)
     except (ConfigError, CheckpointError, ValueError, OSError) as exc:
         if args.debug:

@@ -7,6 +7,7 @@ importing the package's ``main`` (no import circle).
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -67,6 +68,9 @@ def guarded(name: str, argv: Sequence[str], parser: argparse.ArgumentParser,
     try:
         return body(args)
     except KeyboardInterrupt:
+        # the process is on its way out: a second Ctrl-C (or one delivered late) must not turn
+        # the exit status 130 into a death by SIGINT during interpreter shutdown
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         print(f"ravine {name}: interrupted; run the same command again to resume",
               file=sys.stderr)
         return EXIT_INTERRUPTED
