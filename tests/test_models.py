@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import random
 
 import numpy as np
@@ -242,8 +243,10 @@ def test_weight_norm_reparametrizes_every_layer(build):
             g.mul_(torch.rand(g.shape, generator=gen) + 0.5)
         v_np = numpy_of(v)
         norms = np.sqrt((v_np.reshape(v_np.shape[0], -1) ** 2).sum(axis=1))
-        expected = numpy_of(g).reshape(-1, *([1] * (v.dim() - 1))) * v_np / norms.reshape(
-            -1, *([1] * (v.dim() - 1))
+        expected = (
+            numpy_of(g).reshape(-1, *([1] * (v.dim() - 1)))
+            * v_np
+            / norms.reshape(-1, *([1] * (v.dim() - 1)))
         )
         np.testing.assert_allclose(numpy_of(layer.weight), expected, rtol=1e-6, atol=1e-7)
     # The forward pass uses that weight.
@@ -259,9 +262,7 @@ def test_no_norm_layers_unless_asked(norm):
     net = models.cnn1d(norm=norm)
     has_batch = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules())
     has_layer = any(isinstance(m, nn.LayerNorm) for m in net.modules())
-    has_weight = any(
-        isinstance(m, nn.utils.parametrizations._WeightNorm) for m in net.modules()
-    )
+    has_weight = any(isinstance(m, nn.utils.parametrizations._WeightNorm) for m in net.modules())
     assert (has_batch, has_layer, has_weight) == (False, norm == "layer", norm == "weight")
 
 
@@ -327,7 +328,8 @@ def test_param_groups_partition_and_exempt_biases_and_gains(kind, norm):
     assert sum(len(g["params"]) for g in groups) == len(list(net.parameters()))
 
     expected_no_decay = {
-        n for n in all_names
+        n
+        for n in all_names
         if n.endswith(".bias") or ".norm." in n or n.endswith("parametrizations.weight.original0")
     }
     assert no_decay == expected_no_decay
@@ -461,3 +463,53 @@ def test_cnn1d_reaches_95_percent_on_mnist1d(mnist1d_arrays):
     with torch.no_grad():
         accuracy = (net(x_test).argmax(1) == y_test).float().mean().item()
     assert accuracy >= 0.95
+
+
+def test_exact_weight_norm_has_torchs_value_and_a_true_hessian():
+    from torch.nn.utils.parametrizations import weight_norm as torch_weight_norm
+
+    from ravine import diagnostics
+    from ravine.models import exact_weight_norm
+
+    torch.manual_seed(0)
+    base = nn.Linear(3, 2).double()
+    ours = exact_weight_norm(copy.deepcopy(base))
+    theirs = torch_weight_norm(copy.deepcopy(base), name="weight", dim=0)
+    x = torch.randn(10, 3, dtype=torch.float64)
+    assert torch.allclose(ours(x), theirs(x), rtol=1e-13, atol=0)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+
+    def loss(out, y):
+        return ((out - y) ** 3).mean()
+
+    y = torch.randn(10, 2, dtype=torch.float64)
+    names = [n for n, _ in ours.named_parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in ours.parameters()])
+
+    def f(theta):
+        parts = torch.split(theta, [p.numel() for p in ours.parameters()])
+        params = {
+            n: t.view(p.shape) for n, t, p in zip(names, parts, ours.parameters(), strict=True)
+        }
+        return loss(torch.func.functional_call(ours, params, (x,)), y)
+
+    def grad(theta):
+        t = theta.clone().requires_grad_(True)
+        return torch.autograd.grad(f(t), t)[0]
+
+    h = 1e-6  # central differences of the exact gradient: the Hessian, independently
+    fd = torch.stack(
+        [
+            (grad(flat + h * e) - grad(flat - h * e)) / (2 * h)
+            for e in torch.eye(len(flat), dtype=torch.float64)
+        ],
+        1,
+    )
+    op = diagnostics.HessianOperator(ours, loss, (x, y))
+    dense = torch.stack([op.matvec(e) for e in torch.eye(op.dim, dtype=torch.float64)], 1)
+    assert torch.allclose(dense, fd, atol=1e-6)
+    assert torch.allclose(dense, dense.T, atol=1e-10)
+    # torch's own parametrization would give a wrong Hessian: refused in one line
+    with pytest.raises(ValueError, match="exact_weight_norm") as info:
+        diagnostics.HessianOperator(theirs, loss, (x, y))
+    assert "\n" not in str(info.value)

@@ -56,11 +56,22 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-from torch.nn.utils.parametrizations import _WeightNorm, weight_norm
+from torch.nn.utils.parametrizations import _WeightNorm
 
 from ravine._checks import check_choice, suggest
 
-__all__ = ["NORMS", "ACTIVATIONS", "mlp", "cnn1d", "cnn2d", "param_groups", "build", "kinds"]
+__all__ = [
+    "NORMS",
+    "ACTIVATIONS",
+    "mlp",
+    "cnn1d",
+    "cnn2d",
+    "param_groups",
+    "build",
+    "kinds",
+    "ExactWeightNorm",
+    "exact_weight_norm",
+]
 
 NORMS = ("none", "batch", "layer", "weight")
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
@@ -138,8 +149,31 @@ def _norm_layer(
     return None
 
 
+class ExactWeightNorm(_WeightNorm):
+    """torch's weight-norm parametrization ``w = g · v / ||v||`` (norm over every dimension but
+    ``dim``) with its forward written in plain tensor operations.
+
+    torch's own forward calls the fused ``torch._weight_norm``, whose second derivative is wrong
+    on CPU in torch 2.13 (its autograd Hessian is not even symmetric), and every Hessian-vector
+    product of ravine.diagnostics needs that second derivative. The plain form has the same
+    value and first derivative (to rounding), the same parameters (``original0`` = g,
+    ``original1`` = v) and state dict, and exact second derivatives.
+    """
+
+    def forward(self, weight_g: torch.Tensor, weight_v: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(weight_v.dim()) if d != self.dim % max(weight_v.dim(), 1)]
+        return weight_g * (weight_v / torch.linalg.vector_norm(weight_v, dim=dims, keepdim=True))
+
+
+def exact_weight_norm(layer: nn.Module, name: str = "weight", dim: int = 0) -> nn.Module:
+    """:func:`torch.nn.utils.parametrizations.weight_norm` with :class:`ExactWeightNorm`: the
+    same reparametrization, with second derivatives the Hessian diagnostics can trust."""
+    parametrize.register_parametrization(layer, name, ExactWeightNorm(dim), unsafe=True)
+    return layer
+
+
 def _maybe_weight_norm(layer: nn.Module, norm: str) -> nn.Module:
-    return weight_norm(layer, name="weight", dim=0) if norm == "weight" else layer
+    return exact_weight_norm(layer, name="weight", dim=0) if norm == "weight" else layer
 
 
 def mlp(

@@ -47,6 +47,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp
+from torch.nn.utils import parametrize
+from torch.nn.utils.parametrizations import _WeightNorm
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
@@ -327,6 +329,23 @@ def mode_dependent_modules(model: nn.Module) -> list[str]:
     return names
 
 
+def refuse_fused_weight_norm(model: nn.Module) -> None:
+    """``ValueError`` for torch's own weight-norm parametrization: its fused kernel
+    (``torch._weight_norm``) has a wrong second derivative on CPU in torch 2.13, so every Hessian
+    of such a model would be silently wrong. ravine.models use
+    :class:`~ravine.models.ExactWeightNorm`."""
+    for name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) and any(
+            type(p) is _WeightNorm for p in module
+        ):
+            where = name.removesuffix(".parametrizations.weight") or "(root)"
+            raise ValueError(
+                f"{where}: torch's weight_norm has a wrong second derivative (torch._weight_norm), "
+                "so its Hessian cannot be measured; use ravine.models.exact_weight_norm(layer) "
+                "instead of torch.nn.utils.parametrizations.weight_norm"
+            )
+
+
 def warn_mode_dependence(model: nn.Module, mode: str, what: str) -> None:
     """Warn (one line) that batch norm / dropout make ``what`` depend on the mode."""
     modules = mode_dependent_modules(model)
@@ -428,6 +447,7 @@ class HessianOperator:
         self.mode = mode
         self.seed = seed
         self.names, self.params = trainable_parameters(model)
+        refuse_fused_weight_norm(model)
         for name, p in zip(self.names, self.params, strict=True):
             if not bool(torch.isfinite(p).all()):
                 raise ValueError(
