@@ -125,7 +125,33 @@ def header_snippets(root: Path = REPO / "examples") -> list[Snippet]:
     return found
 
 
-SNIPPETS = readme_snippets() + header_snippets()
+def docs_snippets(root: Path = REPO / "docs") -> list[Snippet]:
+    """The documentation site's pages: each ```python block on its own; a page's shell commands
+    in order in one shell (later commands use what earlier ones wrote, e.g. a run directory),
+    with the long ones apart (checked statically, like the README's)."""
+    found = []
+    for path in sorted(root.rglob("*.md")):
+        where_page = str(path.relative_to(REPO))
+        text = path.read_text(encoding="utf-8")
+        page: list[str] = []
+        for match in re.finditer(r"^```(bash|python)[^\n]*\n(.*?)^```", text, re.M | re.S):
+            kind, body = match.group(1), match.group(2)
+            where = f"{where_page}:{text[: match.start()].count(chr(10)) + 2}"
+            if kind == "python":
+                found.append(Snippet(kind, body, where))
+                continue
+            for command in shell_commands(body):
+                snippet = Snippet("bash", command, where)
+                if snippet.long:
+                    found.append(snippet)
+                else:
+                    page.append(command)
+        if page:
+            found.append(Snippet("bash", "set -e\n" + "\n".join(page), f"{where_page} (shell)"))
+    return found
+
+
+SNIPPETS = readme_snippets() + header_snippets() + docs_snippets()
 
 
 def _id(snippet: Snippet) -> str:
