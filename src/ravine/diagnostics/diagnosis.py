@@ -24,12 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import time
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
@@ -46,7 +48,7 @@ from ravine.diagnostics.spectrum import ExtremesResult, operator_extremes
 from ravine.diagnostics.units import dead_units
 from ravine.optim import true_params
 
-__all__ = ["Budget", "diagnose", "DEFAULT_HVPS", "HISTORY_KEYS"]
+__all__ = ["Budget", "diagnose", "untouched", "DEFAULT_HVPS", "HISTORY_KEYS"]
 
 #: Hessian-vector products of the default budget (about 2-6 s on a 10^4-parameter CNN and
 #: 1024 examples on 2 CPU cores; see BENCHMARKS.md).
@@ -133,17 +135,33 @@ def _batch_size_of(data: Any) -> int | None:
 
 
 @contextlib.contextmanager
-def _untouched(model: nn.Module, optimizer: Optimizer | None) -> Iterator[None]:
-    """True θ for interim-point optimizers, a forked RNG, and the model's mode restored."""
-    devices = sorted({p.device.index for p in model.parameters() if p.device.type == "cuda"})
-    modes = {m: m.training for m in model.modules()}
-    with torch.random.fork_rng(devices=devices):
-        with true_params(optimizer) if optimizer is not None else contextlib.nullcontext():
-            try:
-                yield
-            finally:
-                for module, training in modes.items():
-                    module.training = training
+def untouched(model: nn.Module) -> Iterator[None]:
+    """Leave training exactly as it was: the torch (CPU and CUDA), Python and NumPy random
+    streams, every module's ``training`` flag and every buffer (batch-norm statistics)."""
+    devices = sorted(
+        {t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda}
+    )
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(python_state)
+        np.random.set_state(numpy_state)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
+def _measuring(model: nn.Module, optimizer: Optimizer | None) -> Iterator[None]:
+    """:func:`untouched`, at the true θ of interim-point optimizers."""
+    with untouched(model), true_params(optimizer):  # a no-op for None or another optimizer
+        yield
 
 
 def input_scale_ratio(x: Tensor) -> float:
@@ -301,7 +319,7 @@ def diagnose(
     if batch_size is not None:
         numbers["batch_size"] = batch_size
     common = {"seed": seed, "mode": mode}
-    with _untouched(model, optimizer), warnings.catch_warnings():
+    with _measuring(model, optimizer), warnings.catch_warnings():
         # the caller (the CLI, a monitor) says this once; not on every measurement
         warnings.simplefilter("ignore", DiagnosticsWarning)
         noise = noise_interval(model, loss_fn, batches, **common)

@@ -37,13 +37,11 @@ keeps the wall time of training the MNIST-1D CNN at most 1.10x its time without 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +52,7 @@ from torch import Tensor, nn
 
 from ravine._checks import check_int, suggest
 from ravine._io import json_ready, write_atomic
-from ravine.diagnostics.diagnosis import diagnose
+from ravine.diagnostics.diagnosis import diagnose, untouched
 from ravine.diagnostics.findings import Diagnosis
 from ravine.optim import RavineOptimizer
 
@@ -277,7 +275,7 @@ class Monitor:
         """Diagnose now (``step()`` calls this every ``every`` steps); record and log it."""
         start = time.perf_counter()
         history = self.history()
-        with _untouched(self.model):
+        with untouched(self.model):
             diagnosis = diagnose(
                 self.model,
                 self.loss_fn,
@@ -350,28 +348,6 @@ class Monitor:
         path = out_dir / "monitor.md"
         write_atomic(path, lambda handle: handle.write("\n".join(lines) + "\n"))
         return path
-
-
-@contextlib.contextmanager
-def _untouched(model: nn.Module) -> Iterator[None]:
-    """Leave training exactly as it was: RNG streams, ``training`` flags and buffers."""
-    devices = sorted(
-        {t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda}
-    )
-    modes = [(m, m.training) for m in model.modules()]
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        random.setstate(python_state)
-        np.random.set_state(numpy_state)
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
-        for module, training in modes:
-            module.training = training
 
 
 def _floats(values: list[Tensor | float]) -> list[float]:
