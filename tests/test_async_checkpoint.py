@@ -67,8 +67,12 @@ def test_snapshot_shares_no_memory_and_keeps_structure():
     shared = torch.arange(6.0).reshape(2, 3)
     state = OrderedDict(w=shared, alias=shared, step=torch.tensor(4), lr=0.1)
     state._metadata = {"": {"version": 1}}
-    payload = {"model": state, "history": [{"loss": 1.5}], "pair": (shared, "x"),
-               "grad": torch.ones(2, requires_grad=True)}
+    payload = {
+        "model": state,
+        "history": [{"loss": 1.5}],
+        "pair": (shared, "x"),
+        "grad": torch.ones(2, requires_grad=True),
+    }
     copied = snapshot(payload)
     assert type(copied["model"]) is OrderedDict and copied["model"]._metadata == state._metadata
     assert copied["model"]._metadata is not state._metadata
@@ -116,8 +120,13 @@ def test_the_old_checkpoint_stays_until_the_complete_new_one_is_renamed_over_it(
     def replace(src, dst):
         # At the moment of the rename: the target still holds the previous checkpoint and
         # the temporary file already holds the complete new one.
-        seen.append((load_checkpoint(dst)["i"] if os.path.exists(dst) else None,
-                     load_checkpoint(src)["i"], os.path.dirname(src) == os.path.dirname(dst)))
+        seen.append(
+            (
+                load_checkpoint(dst)["i"] if os.path.exists(dst) else None,
+                load_checkpoint(src)["i"],
+                os.path.dirname(src) == os.path.dirname(dst),
+            )
+        )
         real_replace(src, dst)
 
     monkeypatch.setattr(checkpoint.os, "replace", replace)
@@ -150,8 +159,9 @@ def test_sigkill_at_random_moments_always_leaves_a_loadable_checkpoint(tmp_path)
     path = tmp_path / "last.pt"
     rng = random.Random(1234)
     for _ in range(5):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER_LOOP, str(path)],
-                                stdout=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER_LOOP, str(path)], stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout.readline() == "writing\n"
             time.sleep(rng.uniform(0.0, 0.4))
@@ -192,8 +202,9 @@ TORN_WRITE = textwrap.dedent("""
 
 def test_sigkill_in_the_middle_of_a_write_leaves_the_previous_checkpoint(tmp_path):
     path = tmp_path / "last.pt"
-    proc = subprocess.Popen([sys.executable, "-c", TORN_WRITE, str(path)],
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", TORN_WRITE, str(path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline() == "torn\n"
     finally:
@@ -228,7 +239,7 @@ def test_a_failed_background_write_surfaces_on_the_next_call(tmp_path):
 
     writer.submit({"i": 2}, bad)
     with pytest.raises(OSError):
-        writer.submit({"i": 3}, good)  # the previous write's error, not lost
+        writer.submit({"i": 3}, bad)  # waits for the path's previous write: its error, not lost
     writer.submit({"i": 4}, good)
     writer.submit({"i": 5}, bad)
     with pytest.raises(OSError):
@@ -239,6 +250,34 @@ def test_a_failed_background_write_surfaces_on_the_next_call(tmp_path):
 
     with pytest.raises(OSError), AsyncCheckpointWriter() as writer:
         writer.submit({"i": 7}, bad)
+
+
+def test_a_write_to_another_path_queues_without_waiting(tmp_path):
+    """best.pt then last.pt: the second submit returns while the first is still writing; both
+    land, in order, and the first one's error still surfaces."""
+    release = threading.Event()
+    order: list[str] = []
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    writer = AsyncCheckpointWriter()
+    writer.submit(
+        {"i": 0}, tmp_path / "best.pt", before=lambda: (release.wait(10), order.append("best"))
+    )
+    writer.submit({"i": 1}, tmp_path / "last.pt", before=lambda: order.append("last"))
+    assert order == []  # neither has been written: the caller did not wait for best.pt
+    release.set()
+    writer.wait()
+    assert order == ["best", "last"]
+    assert load_checkpoint(tmp_path / "best.pt")["i"] == 0
+    assert load_checkpoint(tmp_path / "last.pt")["i"] == 1
+
+    release.clear()
+    writer.submit({"i": 2}, blocker / "best.pt", before=lambda: release.wait(10))
+    writer.submit({"i": 3}, tmp_path / "last.pt")  # the failing write has not finished yet
+    release.set()
+    with pytest.raises(OSError):
+        writer.close()
+    assert load_checkpoint(tmp_path / "last.pt")["i"] == 3
 
 
 def test_synchronous_mode_writes_before_submit_returns(tmp_path, monkeypatch):

@@ -73,6 +73,52 @@ def test_rng_states_survive_a_checkpoint(tmp_path):
     assert torch.equal(got[2], expected[2])
 
 
+def test_python_rng_state_is_one_tensor_and_the_old_list_form_still_loads():
+    random.seed(5)
+    state = rng_state()
+    assert isinstance(state["python"]["state"], torch.Tensor)  # not 625 ints to pickle
+    expected = random.random()
+    old_form = {**state, "python": {**state["python"],
+                                    "state": state["python"]["state"].tolist()}}
+    random.seed(6)
+    set_rng_state(old_form)  # checkpoints written before the tensor form
+    assert random.random() == expected
+    random.seed(6)
+    set_rng_state(state)
+    assert random.random() == expected
+
+
+def test_the_checksum_is_the_same_as_feeding_the_pieces_one_by_one():
+    """The joined-bytes digest equals the piecewise one, so older checkpoints still verify."""
+    import hashlib
+
+    from ravine.train.checkpoint import payload_digest
+
+    payload = {"a": [1, 2.5, "x", None], "t": torch.arange(6.0).reshape(2, 3),
+               "e": torch.zeros(0), "n": {"k": (True, torch.tensor(3))}}
+
+    def feed(digest, value):
+        if isinstance(value, torch.Tensor):
+            flat = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
+            digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key, item in value.items():
+                digest.update(f"K{key!r}".encode())
+                feed(digest, item)
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                feed(digest, item)
+        else:
+            digest.update(f"V{type(value).__name__}:{value!r}".encode())
+
+    piecewise = hashlib.sha256()
+    feed(piecewise, payload)
+    assert payload_digest(payload) == piecewise.hexdigest()
+
+
 def reference_early_stopping(values, *, mode, patience, min_delta, start_from_epoch):
     """Straight transcription: best so far, epochs since it, stop when that reaches patience."""
     best, best_epoch, wait = None, None, 0

@@ -99,8 +99,12 @@ def check_value(name: str, value: Any, check: Check) -> None:
 
 def _global_norm(grads: list[Tensor]) -> Tensor:
     """Euclidean norm of all gradients taken together (one reduction per device/dtype list)."""
+    groups = _by_device_dtype(grads)
+    if len(groups) == 1:  # the common case: one stack, one conversion (same numbers)
+        (group,) = groups.values()
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(group)).double())
     norms = []
-    for group in _by_device_dtype(grads).values():
+    for group in groups.values():
         norms.extend(torch._foreach_norm(group))
     if not norms:
         return torch.zeros(())

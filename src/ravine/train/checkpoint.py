@@ -19,6 +19,7 @@ import copy
 import hashlib
 import os
 import random
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -108,27 +109,30 @@ def payload_digest(payload: Any) -> str:
     """SHA-256 over a checkpoint payload: its structure, keys, plain values and every tensor's
     dtype, shape and bytes (torch's zip container carries no checksum that ``torch.load``
     verifies, so a flipped bit in a tensor would otherwise load silently)."""
-    digest = hashlib.sha256()
-    _feed(digest, payload)
-    return digest.hexdigest()
+    chunks: list[Any] = []
+    _feed(chunks, payload)
+    # SHA-256 is a stream: one update over the joined pieces is the digest of the pieces fed
+    # one by one, at a fraction of the calls (this runs beside training, holding the GIL).
+    return hashlib.sha256(b"".join(chunks)).hexdigest()
 
 
-def _feed(digest: Any, value: Any) -> None:
+def _feed(chunks: list[Any], value: Any) -> None:
     if isinstance(value, torch.Tensor):
         flat = value.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"T{value.dtype}{tuple(value.shape)}".encode())
-        digest.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+        chunks.append(f"T{value.dtype}{tuple(value.shape)}".encode())
+        if flat.numel():
+            chunks.append(flat.view(torch.uint8).numpy().data)
     elif isinstance(value, dict):
-        digest.update(f"D{len(value)}".encode())
+        chunks.append(f"D{len(value)}".encode())
         for key, item in value.items():
-            digest.update(f"K{key!r}".encode())
-            _feed(digest, item)
+            chunks.append(f"K{key!r}".encode())
+            _feed(chunks, item)
     elif isinstance(value, (list, tuple)):
-        digest.update(f"L{len(value)}".encode())
+        chunks.append(f"L{len(value)}".encode())
         for item in value:
-            _feed(digest, item)
+            _feed(chunks, item)
     else:
-        digest.update(f"V{type(value).__name__}:{value!r}".encode())
+        chunks.append(f"V{type(value).__name__}:{value!r}".encode())
 
 
 def snapshot(payload: Any) -> Any:
@@ -141,7 +145,12 @@ def snapshot(payload: Any) -> Any:
     return _snapshot(payload, {})
 
 
+_ATOMS = (int, float, str, bytes, bool, type(None), torch.dtype, torch.device)
+
+
 def _snapshot(value: Any, memo: dict[int, Any]) -> Any:
+    if type(value) in _ATOMS:  # immutable: nothing to copy
+        return value
     if id(value) in memo:
         return memo[id(value)]
     if isinstance(value, torch.Tensor):
@@ -168,12 +177,15 @@ class AsyncCheckpointWriter:
 
     :meth:`submit` copies the payload (:func:`snapshot`) before it returns, so the caller may
     change its parameters and optimizer state right away; a single background thread then
-    writes the copy with :func:`save_checkpoint` (temporary file, ``fsync``, rename), so the
-    file on disk is always the previous complete checkpoint or the new complete one. At most
-    one write is in flight: a new :meth:`submit` first waits for the previous write.
+    writes the copies in submission order with :func:`save_checkpoint` (temporary file,
+    ``fsync``, rename), so the file on disk is always the previous complete checkpoint or the
+    new complete one. At most one write per path is in flight: a new :meth:`submit` to a path
+    first waits for that path's previous write (writes to other paths, e.g. ``best.pt`` right
+    before ``last.pt``, queue behind it without blocking the caller).
 
-    An error of a background write is raised by the next :meth:`submit`, :meth:`wait` or
-    :meth:`close` (once; that submit then writes nothing). Use the writer as a context
+    An error of a background write is raised once, by the first :meth:`submit` after the write
+    has finished (at the latest the next submit to the same path) or by :meth:`wait` or
+    :meth:`close`; that submit then writes nothing. Use the writer as a context
     manager, or call :meth:`close`, so the last checkpoint is on disk before the run ends.
     Do not write the same path with :func:`save_checkpoint` while a write is in flight.
 
@@ -191,35 +203,60 @@ class AsyncCheckpointWriter:
     def __init__(self, *, synchronous: bool = False) -> None:
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        self._pending: list[tuple[Path, Future[None]]] = []
         self._closed = False
 
-    def submit(self, payload: dict[str, Any], path: str | os.PathLike[str]) -> None:
+    def submit(
+        self,
+        payload: dict[str, Any],
+        path: str | os.PathLike[str],
+        *,
+        before: Callable[[], object] | None = None,
+    ) -> None:
         """Snapshot ``payload`` now and write it to ``path`` in the background.
 
+        ``before`` (optional) runs on the writing thread just before the write, e.g. an
+        ``fsync`` of a log the checkpoint refers to, so that it is durable first.
+
         Raises:
-            BaseException: the error of the previous background write, if it failed.
+            BaseException: the error of an earlier background write, if one failed.
             RuntimeError: the writer is closed.
         """
         if self._closed:
             raise RuntimeError("AsyncCheckpointWriter.submit after close()")
-        self.wait()
+        path = Path(path)
+        self._settle(lambda target, future: target == path or future.done())
         if self.synchronous:
+            if before is not None:
+                before()
             save_checkpoint(payload, path)
             return
         copied = snapshot(payload)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ravine-checkpoint")
-        self._pending = self._executor.submit(save_checkpoint, copied, path)
+        self._pending.append((path, self._executor.submit(_write, copied, path, before)))
+
+    def _settle(self, which: Callable[[Path, Future[None]], bool]) -> None:
+        """Wait for the pending writes ``which`` selects (in submission order) and forget them;
+        raise the first error among them."""
+        marks = [(item, which(*item)) for item in self._pending]  # once: done() may change
+        chosen = [item for item, mark in marks if mark]
+        self._pending = [item for item, mark in marks if not mark]
+        error: BaseException | None = None
+        for _, future in chosen:
+            try:
+                future.result()
+            except BaseException as exc:  # noqa: BLE001 - re-raised below, first one wins
+                error = error or exc
+        if error is not None:
+            raise error
 
     def wait(self) -> None:
-        """Block until the submitted checkpoint is on disk; raise its write error, if any."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Block until every submitted checkpoint is on disk; raise a write error, if any."""
+        self._settle(lambda _path, _future: True)
 
     def close(self) -> None:
-        """Wait for the last write (raising its error) and stop the background thread."""
+        """Wait for the last writes (raising an error) and stop the background thread."""
         try:
             self.wait()
         finally:
@@ -235,6 +272,12 @@ class AsyncCheckpointWriter:
         self.close()
 
 
+def _write(payload: dict[str, Any], path: Path, before: Callable[[], object] | None) -> None:
+    if before is not None:
+        before()
+    save_checkpoint(payload, path)
+
+
 def rng_state() -> dict[str, Any]:
     """The states of Python's, NumPy's and torch's global generators as weights-only types."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -248,7 +291,12 @@ def rng_state() -> dict[str, Any]:
             "has_gauss": int(has_gauss),
             "cached_gaussian": float(cached),
         },
-        "python": {"version": version, "state": list(py_state), "gauss_next": py_gauss},
+        # 625 words as one tensor, not 625 Python ints to pickle and hash at every checkpoint
+        "python": {
+            "version": version,
+            "state": torch.tensor(py_state, dtype=torch.int64),
+            "gauss_next": py_gauss,
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
@@ -269,6 +317,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
         )
     )
     py = state["python"]
-    random.setstate((py["version"], tuple(py["state"]), py["gauss_next"]))
+    words = py["state"]  # a tensor; a list in checkpoints written before 2026-11-30
+    words = words.tolist() if isinstance(words, torch.Tensor) else words
+    random.setstate((py["version"], tuple(int(w) for w in words), py["gauss_next"]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

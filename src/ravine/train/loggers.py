@@ -23,7 +23,7 @@ import json
 import math
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Protocol, runtime_checkable
@@ -133,6 +133,15 @@ class JsonlLogger:
         if self._file is not None:
             self._file.flush()
             os.fsync(self._file.fileno())
+
+    def syncer(self) -> Callable[[], None]:
+        """Flush now; return a function that ``fsync``-s what was flushed (for the checkpoint
+        writer's thread, so the log is durable before the checkpoint that points into it)."""
+        if self._file is None:
+            return lambda: None
+        self._file.flush()
+        fileno = self._file.fileno()
+        return lambda: os.fsync(fileno)
 
     def close(self) -> None:
         """Flush and close the file."""

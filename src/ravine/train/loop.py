@@ -139,12 +139,13 @@ class Loop:
             return
         jsonl, csv = self._of(JsonlLogger), self._of(CsvLogger)
         offset = jsonl.offset()
-        jsonl.sync()
         payload = state.state_dict(elapsed=self.elapsed(), metrics_offset=offset,
                                    options=self.resume_key, rng_by_rank=rng_by_rank)
         payload["csv_rows"] = None if csv is None else csv.rows
-        # A CPU snapshot now, written by a background thread while training goes on.
-        self.writer.submit(payload, self.files.last)
+        # A CPU snapshot now, written by a background thread while training goes on; the
+        # thread fsyncs the metrics log first, so the log holds every line the checkpoint
+        # counts (the writer is closed before the loggers, so the file is still open then).
+        self.writer.submit(payload, self.files.last, before=jsonl.syncer())
 
     def save_best(self, state: RunState, epoch: int) -> None:
         with optim.true_params(state.optimizer):

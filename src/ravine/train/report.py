@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,9 @@ class LinePlotter:
         self.figure = Figure(figsize=(6.4, 4.0), dpi=80)
         self.figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
         self.ax = self.figure.add_subplot()
+        # Fixed label positions: otherwise every draw measures all tick labels to place them.
+        self.ax.xaxis.set_label_coords(0.5, -0.09)
+        self.ax.yaxis.set_label_coords(-0.1, 0.5)
 
     def save(
         self,
@@ -47,13 +51,15 @@ class LinePlotter:
         title: str = "",
         hline: tuple[float, str] | None = None,
         logy: bool = False,
+        legend: str = "best",
     ) -> Path:
         """Save a PNG with one line per ``(label, xs, ys)``; ``None`` values leave gaps.
 
         ``hline=(value, label)`` draws a dashed horizontal reference line (e.g. the clip
-        threshold).
+        threshold). ``legend`` is the legend's ``loc`` ("best" searches for the emptiest
+        corner, which costs a few hundredths of a second per plot).
         """
-        from matplotlib.ticker import MaxNLocator
+        from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
         ax = self.ax
         for line in list(ax.lines):
@@ -66,21 +72,45 @@ class LinePlotter:
         if hline is not None:
             ax.axhline(hline[0], color="tab:red", ls="--", lw=1.2, label=hline[1])
         ax.set_yscale("log" if logy else "linear")
-        if not logy:
+        if logy:
+            # Plain labels ("0.01", "1e+03"): the default "$10^{-2}$" goes through mathtext's
+            # parser, which alone took 0.14 s of a report.
+            ax.yaxis.set_major_locator(LogLocator(numticks=6))
+            ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+            # No minor ticks: creating a log axis' dozens of minor tick artists took 0.08 s.
+            ax.yaxis.set_minor_locator(NullLocator())
+        else:
             ax.yaxis.set_major_locator(MaxNLocator(6))
         ax.xaxis.set_major_locator(MaxNLocator(6, integer=True))
         ax.relim()
         ax.autoscale_view()
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(title)
+        ax.set_title(title, y=1.0, pad=6.0)  # a fixed position: no tight-bbox pass per draw
         ax.grid(True, alpha=0.3)
         if len(series) > 1 or hline is not None:
-            ax.legend()
+            ax.legend(loc=legend)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.figure.savefig(path)
+        # zlib level 1: a third of the encoding time, files about 20% larger.
+        self.figure.savefig(path, pil_kwargs={"compress_level": 1})
         return path
+
+
+def _plain(value: float, _pos: object = None) -> str:
+    return f"{value:g}"
+
+
+
+_PLOTTERS = threading.local()
+
+
+def _plotter() -> LinePlotter:
+    """This thread's reusable plotter (a new figure and axes cost 0.02 s per report)."""
+    plotter = getattr(_PLOTTERS, "plotter", None)
+    if plotter is None:
+        plotter = _PLOTTERS.plotter = LinePlotter()
+    return plotter
 
 
 def line_plot(
@@ -149,16 +179,18 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
     loss_series = [("train", ep, _column(epochs, "train_loss"))]
     if any("val_loss" in r for r in epochs):
         loss_series.append(("validation", ep, _column(epochs, "val_loss")))
-    plotter = LinePlotter()
+    plotter = _plotter()
     if epochs:
-        plotter.save(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss")
+        plotter.save(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss",
+                     legend="upper right")
         made.append(("Loss", "plots/loss.png"))
     if any("train_acc" in r for r in epochs):
         acc_series = [("train", ep, _column(epochs, "train_acc"))]
         if any("val_acc" in r for r in epochs):
             acc_series.append(("validation", ep, _column(epochs, "val_acc")))
         plotter.save(
-            plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy", title="Accuracy"
+            plots / "accuracy.png", acc_series, xlabel="epoch", ylabel="accuracy", title="Accuracy",
+            legend="lower right",
         )
         made.append(("Accuracy", "plots/accuracy.png"))
     if steps:
