@@ -803,17 +803,26 @@ def test_cache_chunked_eager_path_equals_one_pass(name, monkeypatch):
         [torch.randn(3000, generator=gen, dtype=torch.float64) for _ in init] for _ in range(3)
     ]
     results = []
-    for chunk_bytes in (1 << 62, 64 << 10):
+    # whole runs of tensors; and 1000-element pieces of every 3000-element tensor, with one
+    # gradient arriving non-contiguous (read through a copy)
+    for chunk_bytes in (1 << 62, 64 << 10, 8000):
         monkeypatch.setattr(base, "CPU_CHUNK_BYTES", chunk_bytes)
         params = [t.clone().requires_grad_() for t in init]
         opt = optim.create(name, params, lr=0.01)
         for gs in grads:
             for p, g in zip(params, gs, strict=True):
                 p.grad = g.clone()
+            params[5].grad = grads[0][5].repeat(2)[::2].clone().repeat(2)[::2]
+            assert not params[5].grad.is_contiguous()
             opt.step()
         results.append(torch.cat([p.detach() for p in params]))
+        if chunk_bytes == 8000:
+            batch = next(iter(opt._plans.values()))[1][0]
+            assert batch.pieces == {i: 1000 for i in range(len(init))}
+            assert len(batch.chunks) == 3 * len(init)
     assert len(base._cache_chunks(params)) > 1
     assert torch.equal(results[0], results[1])
+    assert torch.equal(results[0], results[2])
 
 
 def _many_tensors(count: int = 40, seed: int = 0):
@@ -886,9 +895,57 @@ def test_flat_storage_layout_and_zero_grad():
 
 def test_flat_option_validation():
     p = [torch.zeros(2, requires_grad=True)]
-    with pytest.raises(ValueError, match="flat must be True or False, got 1"):
+    with pytest.raises(ValueError, match="flat must be True, False or None, got 1"):
         optim.SGD(p, flat=1)
     q = torch.zeros(3, 2).t().requires_grad_()
     q.grad = torch.ones(2, 3)
     with pytest.raises(ValueError, match="contiguous"):
         optim.SGD([q], flat=True).step()
+
+
+def test_compile_turns_flat_storage_on_and_falls_back_quietly(monkeypatch):
+    """compile=True (flat=None) compiles one graph over a buffer; non-contiguous parameters keep
+    their own storage instead of raising. The compiled rule is replaced by the eager one here:
+    what is tested is the storage decision, not Inductor."""
+    import ravine.optim.base as base
+
+    monkeypatch.setattr(base.torch, "compile", lambda fn, **kw: fn)
+    params = [torch.randn(3, requires_grad=True), torch.randn(4, requires_grad=True)]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt = optim.SGD(params, lr=0.1, compile=True)
+    assert opt.flat is True
+    opt.step()
+    assert params[0].untyped_storage().data_ptr() == params[1].untyped_storage().data_ptr()
+    assert optim.SGD(params, lr=0.1, compile=True, flat=False).flat is False
+    assert optim.SGD(params, lr=0.1).flat is False  # eager: opt-in only
+    q = torch.zeros(3, 2).t().requires_grad_()
+    q.grad = torch.ones(2, 3)
+    opt = optim.SGD([q], lr=0.5, compile=True)
+    opt.step()  # no error: q keeps its own (non-contiguous) storage
+    assert torch.equal(q.detach(), torch.full((2, 3), -0.5))
+
+
+@pytest.mark.parametrize("name", ["momentum", "rmsprop-nesterov", "adam"])
+def test_flat_storage_notices_replaced_parameter_data(name):
+    """``p.data = ...`` behind the optimizer's back (as ``model.to``/``model.half`` do): the next
+    step rebuilds the buffers from the parameters as they are, so training goes on exactly as
+    with separate tensors instead of silently updating a stale buffer."""
+    init, grads = _many_tensors(count=6)
+    hp = dict(HP[name])
+    results = []
+    for flat_storage in (False, True):
+        params = [t.clone().requires_grad_() for t in init]
+        opt = optim.create(name, params, flat=flat_storage, **hp)
+        for k, gs in enumerate(grads):
+            if k == 2:
+                with optim.true_params(opt):
+                    pass
+                for p in params:
+                    p.data = p.data.clone()  # new storage, same values
+            for p, g in zip(params, gs, strict=True):
+                p.grad = g.clone()
+            opt.step()
+        with optim.true_params(opt):
+            results.append(flat(params))
+    assert rel_err(results[1], results[0]) <= 1e-12

@@ -211,7 +211,7 @@ class AdaGrad(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -267,7 +267,7 @@ class RMSProp(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -332,7 +332,7 @@ class RMSPropNesterov(RavineOptimizer):
         clip_norm: float | None = None,
         track_grad_norm: bool = False,
         compile: bool | str = False,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -399,7 +399,7 @@ class Adam(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -466,7 +466,7 @@ class AdamW(Adam):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,

@@ -166,7 +166,8 @@ class SGD(RavineOptimizer):
         fused: ``None`` (default) runs torch's fused SGD kernel on CPU/CUDA unless ``compile``
             is set; ``False`` uses the multi-tensor path.
         flat: keep parameters, gradients and state in one contiguous buffer per device and
-            dtype (see :mod:`ravine.optim.base`); fastest for many small tensors.
+            dtype (see :mod:`ravine.optim.base`); fastest for many small tensors. ``None``
+            (default): on with ``compile`` (one compiled graph over the buffers), off without.
 
     Equals ``torch.optim.SGD(momentum=0)``.
     """
@@ -185,7 +186,7 @@ class SGD(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -224,7 +225,7 @@ class _ScaledVelocity(RavineOptimizer):
         track_grad_norm: bool = False,
         compile: bool | str = False,
         fused: bool | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
     ) -> None:
         super().__init__(
             params,
