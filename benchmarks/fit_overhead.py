@@ -23,9 +23,10 @@ by torch's DataLoader, as a user's own Dataset would be):
 * **fit (Dataset)** — ``ravine.fit(model, ds, val_ds, ...)``;
 * **Lightning (Dataset)** — the LightningModule above fed ``DataLoader(ds, batch_sampler=...)``.
 
-The methods run interleaved, ``--repeats`` times each; the table reports the median and the
-minimum wall time. The machine may be shared with other work, so the minimum is the better
-estimate of the intrinsic cost and the spread is reported with it.
+The methods run interleaved, ``--repeats`` times each, each round starting one method later;
+the table reports the median and the minimum wall time. The machine may be shared with other
+work, so the minimum is the better estimate of the intrinsic cost and the spread is reported with
+it.
 
 Run: ``python benchmarks/fit_overhead.py [--epochs 10] [--repeats 9] [--threads 1]`` (about a
 minute on one idle core).
@@ -283,10 +284,13 @@ def main() -> None:
         for run in methods.values():  # warm-up: imports, allocator, first-call costs
             run()
         times: dict[str, list[float]] = {name: [] for name in methods}
-        for _ in range(args.repeats):
-            for name, run in methods.items():
+        names = list(methods)
+        for r in range(args.repeats):
+            # Each round starts one method later, so that a slow phase of a shared machine (runs
+            # of the same method here vary by ±25%) does not always fall on the same method.
+            for name in names[r % len(names):] + names[: r % len(names)]:
                 start = time.perf_counter()
-                run()
+                methods[name]()
                 times[name].append(time.perf_counter() - start)
 
     steps = len(data.EpochBatches(len(splits.train), BATCH))

@@ -142,7 +142,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         return f"{reach[o]}" if reach[o] is not None else f"> {QUAD_STEPS}"
 
     def pm(pair: tuple[float, float], digits: int = 3) -> str:
-        return f"{pair[0]:.{digits}f} ± {pair[1]:.{digits}f}"
+        spread = f" ± {pair[1]:.{digits}f}" if n_seeds > 1 else ""  # no spread from one seed
+        return f"{pair[0]:.{digits}f}{spread}"
 
     measured = (
         f"on the quadratic (κ = {KAPPA:g}) f falls below {TOL:g}·f(x₀) after {when('sgd')} "
@@ -150,8 +151,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         f"Nesterov steps; on the MNIST-1D CNN the final training loss is {pm(final['sgd'])} "
         f"(SGD), {pm(final['momentum'])} (momentum) and {pm(final['nesterov'])} (Nesterov), "
         f"validation accuracy {pm(final_acc['sgd'])}, {pm(final_acc['momentum'])} and "
-        f"{pm(final_acc['nesterov'])} (mean ± std over {n_seeds} seed"
-        f"{'s' * (n_seeds > 1)})."
+        f"{pm(final_acc['nesterov'])} "
+        + (f"(mean ± std over {n_seeds} seeds)." if n_seeds > 1 else "(1 seed).")
     )
     numbers = {
         "quadratic_steps": reach,

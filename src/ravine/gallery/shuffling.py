@@ -131,11 +131,15 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         and abs(one_epoch["random"] - expected_one) <= COVERAGE_TOLERANCE
         and abs(difference) <= 2 * standard_error
     )
+    def pm(pair: tuple[float, float]) -> str:
+        spread = f" ± {pair[1]:.4f}" if len(run_seeds) > 1 else ""  # no spread from one seed
+        return f"{pair[0]:.4f}{spread}"
+
     measured = (
         f"after one epoch EpochBatches has seen {one_epoch['epoch']:.0%} of the examples and "
         f"RandomBatches {one_epoch['random']:.1%} (expected {expected_one:.1%}); final loss over "
-        f"the training set {stats['epoch'][0]:.4f} ± {stats['epoch'][1]:.4f} (epoch) vs "
-        f"{stats['random'][0]:.4f} ± {stats['random'][1]:.4f} (random), difference "
+        f"the training set {pm(stats['epoch'])} (epoch) vs {pm(stats['random'])} (random), "
+        "difference "
         f"{difference:+.4f} against 2 standard errors {2 * standard_error:.4f} "
         f"({len(run_seeds)} seeds, {epochs} epochs)."
     )
