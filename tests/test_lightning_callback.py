@@ -50,7 +50,7 @@ class Tiny(L.LightningModule):
         return optim.create("nesterov", self.parameters(), lr=0.1, clip_norm=1.0)
 
 
-def fit(tmp_path, callbacks, logger=False, module=None) -> Tiny:
+def fit(tmp_path, callbacks, logger=False, module=None, accumulate=1) -> Tiny:
     module = module or Tiny()
     x, y = data(0)
     torch.manual_seed(1)  # the DataLoader's shuffling draws from the global RNG
@@ -67,6 +67,7 @@ def fit(tmp_path, callbacks, logger=False, module=None) -> Tiny:
         enable_model_summary=False,
         enable_checkpointing=False,
         default_root_dir=tmp_path,
+        accumulate_grad_batches=accumulate,
     )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's advice about workers
@@ -99,6 +100,21 @@ def test_callback_runs_logs_reports_and_leaves_training_bit_identical(tmp_path):
     # the report went to trainer.log_dir
     report = (tmp_path / "csv" / "run" / "version_0" / "monitor.md").read_text()
     assert "Findings at step 15" in report
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    """accumulate_grad_batches=2: 16 batches are 8 optimizer steps; the monitor sees 8 losses,
+    measures at steps 3 and 6, and training stays bit-identical to the run without it."""
+    plain = fit(tmp_path / "plain", [], accumulate=2)
+    callback = DiagnosticsCallback(data(1), every=3, budget=20, batch_size=8, mode="train")
+    monitored = fit(tmp_path / "monitored", [callback], accumulate=2)
+    for (name, a), b in zip(
+        plain.state_dict().items(), monitored.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert callback.monitor.steps == 8
+    assert len(callback.monitor.history()["loss_history"]) == 8
+    assert [r["step"] for r in callback.monitor.records][:2] == [3, 6]
 
 
 def test_report_dir_and_loss_fn_argument(tmp_path):
