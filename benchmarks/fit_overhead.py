@@ -309,14 +309,17 @@ def main() -> None:
         "Bit-identical parameters and buffers to the hand loop after 2 epochs: "
         + ", ".join(f"{name}: {answer}" for name, answer in same.items()) + ".",
         "",
-        "| method | median (s) | min (s) | baseline | median / baseline | min / baseline |",
-        "|---|---|---|---|---|---|",
+        "| method | median (s) | min (s) | baseline | median / baseline | min / baseline "
+        "| median of per-round ratios |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, ts in times.items():
         base = times[baseline[name]]
+        # Each round's time over its own baseline's: a slow phase spanning a round cancels.
+        paired = statistics.median(t / b for t, b in zip(ts, base, strict=True))
         lines.append(f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | "
                      f"{baseline[name]} | {statistics.median(ts) / statistics.median(base):.3f} "
-                     f"| {min(ts) / min(base):.3f} |")
+                     f"| {min(ts) / min(base):.3f} | {paired:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
