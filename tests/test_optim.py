@@ -950,29 +950,3 @@ def test_flat_storage_notices_replaced_parameter_data(name):
             results.append(flat(params))
     assert rel_err(results[1], results[0]) <= 1e-12
 
-
-def test_sgd_default_dispatch_on_cpu(monkeypatch):
-    """Plain SGD without weight decay runs one foreach add on the CPU (faster there than torch's
-    fused kernel); with weight decay, or fused=True, the fused kernel; same numbers either way."""
-    calls = []
-    real = torch._fused_sgd_
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "_fused_sgd_", counting)
-    results = {}
-    for label, options in {"auto": {}, "wd": {"weight_decay": 0.1}, "forced": {"fused": True},
-                           "forced-wd": {"fused": True, "weight_decay": 0.1}}.items():
-        calls.clear()
-        p = torch.arange(6.0, dtype=torch.float64).requires_grad_()
-        opt = optim.SGD([p], lr=0.25, **options)
-        for k in range(3):
-            p.grad = torch.full_like(p, float(k + 1))
-            opt.step()
-        results[label] = (len(calls), p.detach().clone())
-    assert [results[k][0] for k in ("auto", "wd", "forced", "forced-wd")] == [0, 3, 3, 3]
-    assert torch.equal(results["auto"][1], results["forced"][1])
-    assert torch.equal(results["wd"][1], results["forced-wd"][1])
-    assert torch.equal(results["auto"][1], torch.arange(6.0, dtype=torch.float64) - 0.25 * 6)

@@ -363,7 +363,6 @@ class RavineOptimizer(Optimizer):
         if fused and self._fused_rule is None:
             raise ValueError(f"{type(self).__name__} has no fused kernel in torch")
         self._fused = (self._fused_rule is not None and not compile) if fused is None else fused
-        self._fused_auto = fused is None
         if clip_norm is not None:
             check_value("clip_norm", clip_norm, POSITIVE)
         if not isinstance(compile, (bool, str)):
@@ -385,9 +384,7 @@ class RavineOptimizer(Optimizer):
         super().__init__(params, defaults)
         self._setup()
 
-    _OPTIONS = (
-        "clip_norm", "track_grad_norm", "compile", "_fused", "_fused_auto", "flat", "_flat_auto"
-    )
+    _OPTIONS = ("clip_norm", "track_grad_norm", "compile", "_fused", "flat", "_flat_auto")
 
     def _setup(self) -> None:
         """Derived, unpicklable attributes: the rule to call and the cached step plans."""
@@ -411,8 +408,7 @@ class RavineOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        # pickled before these options existed: the choices were explicit then
-        self.__dict__.setdefault("_fused_auto", False)
+        # pickled before flat=None existed: the choice was explicit then
         self.__dict__.setdefault("_flat_auto", False)
         self._last_norm = self._last_clipped = None
         self._setup()
@@ -580,7 +576,7 @@ class RavineOptimizer(Optimizer):
                 flat = batch.flat
                 ps, gs, buffers = [flat.params], [flat.grads], [[b] for b in flat.buffers]
             scalars = {k: batch.states[0][k] for k in self._scalars}
-            if self._fused and self._prefer_fused(group, ps[0].device):
+            if self._fused and ps[0].device.type in FUSED_DEVICES:
                 self._fused_rule(ps, gs, *buffers, **self._fused_hyper(group, **scalars))
             elif self.compile:
                 hyper = self._hyper(group, **scalars)
@@ -604,10 +600,6 @@ class RavineOptimizer(Optimizer):
 
     def _fused_hyper(self, group: dict[str, Any], **scalars: Any) -> dict[str, Any]:
         return self._hyper(group, **scalars)
-
-    def _prefer_fused(self, group: dict[str, Any], device: torch.device) -> bool:
-        """Whether this step of ``group`` runs torch's fused kernel (``fused`` is on)."""
-        return device.type in FUSED_DEVICES
 
     def _interim_offset(self, state: dict[str, Any]) -> tuple[Tensor, float]:
         """``(t, c)`` with ``θ = θ̃ + c·t``: here ``θ̃ = θ + s·v``, so ``(v, -s)``."""
