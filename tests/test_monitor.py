@@ -256,10 +256,16 @@ def test_records_equal_a_direct_diagnose_call(tmp_path):
     skip = {"seconds"}
     # Same computation, same data, same seed: equal up to the last bits a multithreaded
     # BLAS may change with memory alignment (seen on CI: 1 ulp in λmax and what follows).
+    # Lanczos residuals ‖Hq - θq‖ are differences of nearly equal vectors: their relative
+    # error is large where they are small, so they are compared on λ's scale instead.
+    residuals = {k for k in got if k.endswith("_residual")}
     assert mismatches(
-        {k: v for k, v in got.items() if k not in skip},
-        {k: v for k, v in want.items() if k not in skip},
+        {k: v for k, v in got.items() if k not in skip | residuals},
+        {k: v for k, v in want.items() if k not in skip | residuals},
     ) == []
+    scale = abs(want["lambda_max"])
+    for key in residuals:
+        assert got[key] == pytest.approx(want[key], rel=1e-6, abs=1e-9 * scale), key
     assert [f["code"] for f in mon.records[0]["findings"]] == direct.codes
     assert mon.latest is not None and mon.latest.codes == direct.codes
     line = json.loads(lines[0])

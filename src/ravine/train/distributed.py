@@ -69,6 +69,7 @@ import contextlib
 import gc
 import inspect
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -243,6 +244,26 @@ def _leave() -> None:
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def exit_worker(status: int) -> None:
+    """End a data-parallel worker process with ``status``, skipping the interpreter's teardown.
+
+    Even after :func:`_leave`, gloo objects that outlive the process group are now and then
+    destroyed during interpreter shutdown with a thread still joinable, and the process aborts
+    ("terminate called without an active exception", SIGABRT) after its work is done and on
+    disk. The group is destroyed and the streams flushed here, then the process exits at once.
+    """
+    import logging
+
+    _leave()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def rank_seed(seed: int, rank: int) -> int:
