@@ -310,9 +310,10 @@ def _flatten(tensors: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
     return buffer, [piece.view_as(t) for piece, t in zip(pieces, tensors, strict=True)]
 
 
-def _cache_pieces(buffer: Tensor) -> list[Tensor]:
-    """``buffer`` cut into runs of ``CPU_CHUNK_BYTES`` (whole off the CPU)."""
-    if buffer.device.type != "cpu":
+def _cache_pieces(buffer: Tensor, blocking: bool = True) -> list[Tensor]:
+    """``buffer`` cut into runs of ``CPU_CHUNK_BYTES`` (whole off the CPU or without
+    ``blocking``)."""
+    if buffer.device.type != "cpu" or not blocking:
         return [buffer]
     return list(buffer.split(max(1, CPU_CHUNK_BYTES // buffer.element_size())))
 
@@ -518,10 +519,11 @@ class RavineOptimizer(Optimizer):
             for st, view in zip(states, views, strict=True):
                 st[name] = view
             flat_buffers.append(buffer)
+        blocking = self._cache_blocking
         pieces = (
-            _cache_pieces(flat_params),
-            _cache_pieces(flat_grads),
-            [_cache_pieces(b) for b in flat_buffers],
+            _cache_pieces(flat_params, blocking),
+            _cache_pieces(flat_grads, blocking),
+            [_cache_pieces(b, blocking) for b in flat_buffers],
         )
         return _Flat(flat_params, flat_grads, flat_buffers, grad_views, pieces,
                      [p.data_ptr() for p in params])

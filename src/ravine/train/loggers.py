@@ -130,9 +130,7 @@ class JsonlLogger:
 
     def sync(self) -> None:
         """Flush and ``fsync`` so the lines survive a machine crash, not just a process kill."""
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        self.syncer()()
 
     def syncer(self) -> Callable[[], None]:
         """Flush now; return a function that ``fsync``-s what was flushed (for the checkpoint

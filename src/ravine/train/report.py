@@ -101,7 +101,6 @@ def _plain(value: float, _pos: object = None) -> str:
     return f"{value:g}"
 
 
-
 _PLOTTERS = threading.local()
 
 
@@ -123,8 +122,8 @@ def line_plot(
     hline: tuple[float, str] | None = None,
     logy: bool = False,
 ) -> Path:
-    """Save one line plot as a PNG (:meth:`LinePlotter.save` on a figure of its own)."""
-    return LinePlotter().save(
+    """Save one line plot as a PNG (:meth:`LinePlotter.save` on this thread's figure)."""
+    return _plotter().save(
         path, series, xlabel=xlabel, ylabel=ylabel, title=title, hline=hline, logy=logy
     )
 
