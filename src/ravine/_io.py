@@ -15,6 +15,7 @@ import errno
 import json
 import math
 import os
+import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ import yaml
 
 __all__ = [
     "YAMLError",
+    "exit_now",
     "fsync_dir",
     "json_ready",
     "safe_yaml",
@@ -48,6 +50,27 @@ def fsync_dir(directory: str | os.PathLike[str]) -> None:
             raise
     finally:
         os.close(fd)
+
+
+def exit_now(status: int) -> None:
+    """End the process with ``status`` at once: logging and the standard streams are flushed, the
+    interpreter's teardown (atexit handlers, object finalizers) is skipped.
+
+    For a process whose work is done and on disk. Two teardowns cost a correct status: gloo
+    objects freed at shutdown can abort a data-parallel worker (SIGABRT), and CPython ends any
+    process in which a ``KeyboardInterrupt`` ever escaped an ``exec``/``eval`` of a string
+    (libraries generate code that way: sqlalchemy, dataclasses), even one caught and handled, by
+    killing itself with SIGINT instead of returning the status it was given.
+    """
+    import logging
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status)
 
 
 def write_atomic(

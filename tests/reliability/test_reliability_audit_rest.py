@@ -236,6 +236,40 @@ def test_ctrl_c_during_a_tune_trial_is_one_line_and_the_rerun_replays_the_trial(
     assert complete.params == failed.params  # the interrupted trial's values, drawn again
 
 
+_CAUGHT_INSIDE_EXEC = """
+import sys
+
+import ravine.commands as commands
+
+
+def main():
+    try:  # a Ctrl-C landing in code run by exec (under `ravine tune`: inside sqlalchemy)
+        exec("raise KeyboardInterrupt")
+    except KeyboardInterrupt:
+        print("ravine tune: interrupted", file=sys.stderr)
+        return commands.EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+"""
+
+
+@pytest.mark.parametrize("ending", ["run", "sys.exit"])
+def test_an_interrupt_caught_after_an_exec_still_exits_130(tmp_path, ending):
+    # Run as `python -m`, like `python -m ravine`: CPython then kills the process with SIGINT at
+    # exit (status -2) once a KeyboardInterrupt has escaped any exec of a string, even one caught
+    # and handled later. The CLI's entry point exits with the status it was given; "sys.exit"
+    # shows the interpreter's behaviour that it avoids.
+    tail = "    commands.main = main\n    commands.run()\n" if ending == "run" else (
+        "    sys.exit(main())\n")
+    (tmp_path / "program.py").write_text(_CAUGHT_INSIDE_EXEC + tail)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == (130 if ending == "run" else -signal.SIGINT), done.stderr
+    assert error_lines(done.stderr) == ["ravine tune: interrupted"]
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_compare_tuning_trial_is_one_line_and_resumable(tmp_path):
     suite = tmp_path / "suite.yaml"

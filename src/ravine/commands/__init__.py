@@ -53,7 +53,7 @@ from ravine.commands._common import (
     seed_int,
 )
 
-__all__ = ["main", "build_parser", "EXIT_USAGE", "EXIT_NONFINITE", "EXIT_INTERRUPTED"]
+__all__ = ["main", "run", "build_parser", "EXIT_USAGE", "EXIT_NONFINITE", "EXIT_INTERRUPTED"]
 
 
 # The handlers import their command's module on use: keeps `ravine --help` fast (no torch).
@@ -223,6 +223,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_peer_failure(exc):
             return _fail(args, f"stopped: another process failed ({one_line(exc)})", 1, exc)
         return _fail(args, f"error: {type(exc).__name__}: {one_line(exc)}", 1, exc)
+
+
+def run() -> None:
+    """The ``ravine`` program (console script and ``python -m ravine``): :func:`main`, then exit.
+
+    Data-parallel workers and interrupted commands leave without the interpreter's teardown
+    (:func:`ravine._io.exit_now`): after a Ctrl-C that Python code caught, CPython would otherwise
+    turn the exit status 130 into a death by SIGINT whenever the ``KeyboardInterrupt`` had passed
+    through an ``exec`` of a string on its way (seen inside sqlalchemy under ``ravine tune``).
+    """
+    status = main()
+    from ravine._io import exit_now
+    from ravine.train.distributed import exit_worker, is_worker
+
+    if is_worker():  # a data-parallel worker: done and on disk; skip gloo's teardown aborts
+        exit_worker(status)
+    if status == EXIT_INTERRUPTED:
+        exit_now(status)
+    sys.exit(status)
 
 
 def _fail(args: argparse.Namespace, message: str, status: int,

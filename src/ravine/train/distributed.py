@@ -69,7 +69,6 @@ import contextlib
 import gc
 import inspect
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +77,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from ravine._io import exit_now
 
 __all__ = [
     "Communicator",
@@ -252,18 +253,10 @@ def exit_worker(status: int) -> None:
     Even after :func:`_leave`, gloo objects that outlive the process group are now and then
     destroyed during interpreter shutdown with a thread still joinable, and the process aborts
     ("terminate called without an active exception", SIGABRT) after its work is done and on
-    disk. The group is destroyed and the streams flushed here, then the process exits at once.
+    disk. The group is destroyed here, then the process exits at once (:func:`ravine._io.exit_now`).
     """
-    import logging
-
     _leave()
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(status)
+    exit_now(status)
 
 
 def rank_seed(seed: int, rank: int) -> int:
