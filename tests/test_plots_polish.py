@@ -12,6 +12,7 @@ import torch
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from PIL import Image
 from torch import nn
 
 from ravine import fit
@@ -25,7 +26,7 @@ from ravine.diagnostics.plots import (
     plot_spectral_density,
     spectral_density_figure,
 )
-from ravine.train.report import write_report
+from ravine.train.report import LinePlotter, write_report
 
 
 def axes_facts(figure: Figure) -> list[dict]:
@@ -61,6 +62,14 @@ def saved(monkeypatch):
         return original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
+    # the run report's line plots are encoded from their own Agg canvas, not through savefig
+    write_png = LinePlotter._write_png
+
+    def line_plot_png(self, path):
+        record.append((str(path), axes_facts(self.figure)))
+        return write_png(self, path)
+
+    monkeypatch.setattr(LinePlotter, "_write_png", line_plot_png)
     return record
 
 
@@ -213,3 +222,11 @@ def test_run_report_epoch_plots_have_integer_ticks_and_labels(saved, tmp_path):
         assert all(float(t).is_integer() for t in panel["xticks"]), name
     assert plots["loss.png"][0]["xlabel"] == "epoch"
     assert "±" not in (tmp_path / "run" / "report.md").read_text()
+    # the PNG is the drawn figure at 80 dpi, in 64 colours at most, and holds the train line
+    # (matplotlib's first colour, #1f77b4) and the validation line (#ff7f0e)
+    with Image.open(tmp_path / "run" / "plots" / "loss.png") as image:
+        assert image.size == (512, 320) and image.mode == "P"
+        colours = {rgb for _, rgb in image.convert("RGB").getcolors(64)}
+    for line in ((0x1F, 0x77, 0xB4), (0xFF, 0x7F, 0x0E)):
+        assert min(sum(abs(a - b) for a, b in zip(c, line, strict=True))
+                   for c in colours) <= 12, line

@@ -188,27 +188,38 @@ def safe_yaml(text: str, source: str) -> Any:
         YAMLError: one line naming ``source``, the line and column of invalid YAML, or the
             expansion.
     """
+    # One parse: the node tree is checked, then constructed (libyaml's parser where PyYAML has
+    # it, several times faster than the pure-Python one; every run's report reads config.yaml).
+    loader = _SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise YAMLError(f"{source}: invalid YAML{where}: {problem}") from None
-    if node is None:
-        return None
-    if _expanded_size(node, {}) > YAML_NODE_BUDGET:
-        raise YAMLError(
-            f"{source}: its aliases expand to more than {YAML_NODE_BUDGET} YAML "
-            "nodes; refusing to read it (write the values out instead)"
-        )
-    try:
-        return yaml.SafeLoader(text).get_single_data()
-    except yaml.YAMLError as exc:  # e.g. an unknown tag (!!python/object)
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise YAMLError(f"{source}: invalid YAML{where}: {problem}") from None
-    except (ValueError, TypeError, OverflowError) as exc:
-        # a value PyYAML parses but cannot construct, e.g. the date 0000-00-00
-        raise YAMLError(f"{source}: invalid YAML value ({' '.join(str(exc).split())})") from None
+        try:
+            node = loader.get_single_node()
+        except yaml.YAMLError as exc:
+            raise YAMLError(_yaml_problem(exc, source)) from None
+        if node is None:
+            return None
+        if _expanded_size(node, {}) > YAML_NODE_BUDGET:
+            raise YAMLError(
+                f"{source}: its aliases expand to more than {YAML_NODE_BUDGET} YAML "
+                "nodes; refusing to read it (write the values out instead)"
+            )
+        try:
+            return loader.construct_document(node)
+        except yaml.YAMLError as exc:  # e.g. an unknown tag (!!python/object)
+            raise YAMLError(_yaml_problem(exc, source)) from None
+        except (ValueError, TypeError, OverflowError) as exc:
+            # a value PyYAML parses but cannot construct, e.g. the date 0000-00-00
+            raise YAMLError(
+                f"{source}: invalid YAML value ({' '.join(str(exc).split())})") from None
+    finally:
+        loader.dispose()
+
+
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+def _yaml_problem(exc: yaml.YAMLError, source: str) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = getattr(exc, "problem", None) or "invalid YAML"
+    return f"{source}: invalid YAML{where}: {problem}"

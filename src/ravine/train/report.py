@@ -28,13 +28,17 @@ class LinePlotter:
     The report is drawn at the end of every run with a run directory, so its cost is a fixed
     part of every run. Fixed margins instead of constrained layout, 80 dpi, at most 6 ticks an
     axis, and one figure whose axes (and their tick artists and text layouts) are reused from
-    plot to plot cut four plots from 0.9 s to about 0.25 s here.
+    plot to plot cut four plots from 0.9 s to about 0.25 s here; an Agg canvas of its own (one
+    renderer for every plot, where ``savefig`` made a new one each time) and a 64-colour PNG
+    (half the encoding time, files half the size) took another fifth off.
     """
 
     def __init__(self) -> None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=(6.4, 4.0), dpi=80)
+        self.canvas = FigureCanvasAgg(self.figure)
         self.figure.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.92)
         self.ax = self.figure.add_subplot()
         # Fixed label positions: otherwise every draw measures all tick labels to place them.
@@ -92,9 +96,20 @@ class LinePlotter:
             ax.legend(loc=legend)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # zlib level 1: a third of the encoding time, files about 20% larger.
-        self.figure.savefig(path, pil_kwargs={"compress_level": 1})
+        self._write_png(path)
         return path
+
+    def _write_png(self, path: Path) -> None:
+        """The figure as a 64-colour PNG at zlib level 1 (a line plot has a handful of colours
+        plus their anti-aliasing ramps: no visible loss; 3 ms to encode instead of 6)."""
+        from PIL import Image
+
+        self.canvas.draw()
+        width, height = self.canvas.get_width_height()
+        image = Image.frombuffer("RGBA", (width, height), self.canvas.buffer_rgba(), "raw",
+                                 "RGBA", 0, 1)
+        paletted = image.convert("RGB").quantize(64, method=2)  # 2: fast octree (any Pillow)
+        paletted.save(path, format="png", compress_level=1)
 
 
 def _plain(value: float, _pos: object = None) -> str:
