@@ -12,6 +12,7 @@ from pathlib import Path
 ORDER = [
     "optimizer_step",
     "fit_overhead",
+    "fit_overhead_parts",
     "time_to_accuracy",
     "hessian_vs_pyhessian",
     "diagnostics_overhead",

@@ -247,17 +247,78 @@ def lightning_run(splits, epochs: int, dataset: bool = False) -> torch.nn.Module
     return module.model
 
 
+def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
+    """What a run directory costs, split into the report and the rest, from many short runs.
+
+    Runs of a few epochs, ``fit`` without a run directory, with one but no report (the report
+    writer replaced by a no-op), and with one, run in alternating order (ABC CBA ...), so that
+    the slow drift of a shared machine falls equally on each; the median of each round's
+    difference from its own ``fit`` is reported. The report is drawn once per run, so its cost
+    is fixed; the rest grows with the epochs (a checkpoint and ``best.pt`` per epoch, the log).
+    """
+    import ravine.train.loop as loop_module
+
+    draw = loop_module.write_report
+
+    def run(kind: str) -> float:
+        loop_module.write_report = draw if kind == "run dir" else (lambda root: None)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            fit(build_model(), splits.train, splits.val, test=splits.test, optimizer="nesterov",
+                lr=LR, schedule="linear-decay", epochs=epochs, batch_size=BATCH, seed=SEED,
+                run_dir=None if kind == "fit" else os.path.join(tmp, "r"), quiet=True)
+            return time.perf_counter() - start
+
+    kinds = ["fit", "run dir, no report", "run dir"]
+    try:
+        for kind in kinds:  # warm-up
+            run(kind)
+        times: dict[str, list[float]] = {kind: [] for kind in kinds}
+        for r in range(pairs):
+            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+                times[kind].append(run(kind))
+    finally:
+        loop_module.write_report = draw
+    base = times["fit"]
+    lines = [
+        "# fit() overhead: the run directory's parts",
+        "",
+        f"MNIST-1D CNN as above, {epochs} epochs a run, {pairs} rounds in alternating order. "
+        f"torch {torch.__version__}, {threads} thread(s), {os.cpu_count()} CPUs.",
+        "",
+        "| method | median (s) | median extra over fit, same round (ms) |",
+        "|---|---|---|",
+    ]
+    for kind in kinds:
+        extra = statistics.median(t - b for t, b in zip(times[kind], base, strict=True))
+        lines.append(f"| {kind} | {statistics.median(times[kind]):.3f} | {extra * 1e3:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-lightning", action="store_true")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated method names to time (default: all), e.g. "
+                        "'hand loop,fit + run dir'; their baselines are always timed")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the table")
+    parser.add_argument("--decompose", type=int, default=0, metavar="PAIRS",
+                        help="instead of the table: split the run directory's cost into the "
+                        "report and the rest, from PAIRS rounds of short (3-epoch) runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # Lightning's advice about workers and loggers
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     splits = data.load("mnist1d", seed=SEED, val_fraction=0.1)
+    if args.decompose:
+        text = decompose(splits, args.decompose, args.threads)
+        print(text)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text, encoding="utf-8")
+        return
 
     reference = hand_loop(splits, 2).state_dict()
 
@@ -281,6 +342,14 @@ def main() -> None:
         methods["fit (Dataset)"] = lambda: ravine_fit_dataset(splits, args.epochs)
         if not args.no_lightning:
             methods["Lightning (Dataset)"] = lambda: lightning_run(splits, args.epochs, True)
+        if args.methods is not None:
+            wanted = {name.strip() for name in args.methods.split(",")}
+            unknown = wanted - set(methods)
+            if unknown:
+                parser.error(f"unknown method(s) {sorted(unknown)}; choose from {list(methods)}")
+            wanted |= {"hand DataLoader loop" if "Dataset" in name else "hand loop"
+                       for name in wanted}
+            methods = {name: run for name, run in methods.items() if name in wanted}
         for run in methods.values():  # warm-up: imports, allocator, first-call costs
             run()
         times: dict[str, list[float]] = {name: [] for name in methods}
@@ -322,8 +391,8 @@ def main() -> None:
                      f"| {min(ts) / min(base):.3f} | {paired:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(text, encoding="utf-8")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":
