@@ -949,4 +949,3 @@ def test_flat_storage_notices_replaced_parameter_data(name):
         with optim.true_params(opt):
             results.append(flat(params))
     assert rel_err(results[1], results[0]) <= 1e-12
-

@@ -48,6 +48,13 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
 
 
+def pm(stats: tuple[float, float], n: int, fmt: str = ".3f") -> str:
+    """``mean ± std`` of a :func:`mean_std` pair over ``n`` seeds; the plain mean for one seed
+    (a spread of one value says nothing)."""
+    mean, std = stats
+    return f"{mean:{fmt}} ± {std:{fmt}}" if n > 1 else f"{mean:{fmt}}"
+
+
 def band(
     ax: Any, x: Sequence[float], runs: Sequence[Sequence[float]], label: str, **kw: Any
 ) -> None:

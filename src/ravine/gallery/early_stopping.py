@@ -34,7 +34,7 @@ from torch import nn
 
 from ravine import data, fit, models
 from ravine.gallery import Figure
-from ravine.gallery._common import band, figure, mean_std, save, seeds
+from ravine.gallery._common import band, figure, mean_std, pm, save, seeds
 
 NAME = "early-stopping"
 ORDER = 100
@@ -186,8 +186,7 @@ def _figure(out_dir: Path, per_seed: list[dict], epochs: int) -> Figure:
     agrees = turns_up and keeps_falling and pays
 
     def spread(key: str, fmt: str = ".3f") -> str:
-        mean, std = mean_std([r[key] for r in per_seed])
-        return f"{mean:{fmt}} ± {std:{fmt}}" if len(per_seed) > 1 else f"{mean:{fmt}}"
+        return pm(mean_std([r[key] for r in per_seed]), len(per_seed), fmt)
 
     measured = (
         f"Over {n} seed{'s' if n > 1 else ''}, the validation loss is lowest at epoch "

@@ -27,7 +27,7 @@ from ravine import data, fit, models
 from ravine.bench import problems
 from ravine.bench.problems import QuadraticSpec
 from ravine.gallery import Figure
-from ravine.gallery._common import band, descend, figure, mean_std, save, seeds
+from ravine.gallery._common import band, descend, figure, mean_std, pm, save, seeds
 
 NAME = "momentum-nesterov"
 ORDER = 80
@@ -141,17 +141,14 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     def when(o: str) -> str:
         return f"{reach[o]}" if reach[o] is not None else f"> {QUAD_STEPS}"
 
-    def pm(pair: tuple[float, float], digits: int = 3) -> str:
-        spread = f" ± {pair[1]:.{digits}f}" if n_seeds > 1 else ""  # no spread from one seed
-        return f"{pair[0]:.{digits}f}{spread}"
-
     measured = (
         f"on the quadratic (κ = {KAPPA:g}) f falls below {TOL:g}·f(x₀) after {when('sgd')} "
         f"gradient-descent steps, {when('momentum')} momentum steps and {when('nesterov')} "
-        f"Nesterov steps; on the MNIST-1D CNN the final training loss is {pm(final['sgd'])} "
-        f"(SGD), {pm(final['momentum'])} (momentum) and {pm(final['nesterov'])} (Nesterov), "
-        f"validation accuracy {pm(final_acc['sgd'])}, {pm(final_acc['momentum'])} and "
-        f"{pm(final_acc['nesterov'])} "
+        f"Nesterov steps; on the MNIST-1D CNN the final training loss is "
+        f"{pm(final['sgd'], n_seeds)} (SGD), {pm(final['momentum'], n_seeds)} (momentum) and "
+        f"{pm(final['nesterov'], n_seeds)} (Nesterov), validation accuracy "
+        f"{pm(final_acc['sgd'], n_seeds)}, {pm(final_acc['momentum'], n_seeds)} and "
+        f"{pm(final_acc['nesterov'], n_seeds)} "
         + (f"(mean ± std over {n_seeds} seeds)." if n_seeds > 1 else "(1 seed).")
     )
     numbers = {

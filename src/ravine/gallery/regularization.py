@@ -27,7 +27,7 @@ import torch
 
 from ravine import data, fit, models
 from ravine.gallery import Figure
-from ravine.gallery._common import band, figure, mean_std, save, seeds
+from ravine.gallery._common import band, figure, mean_std, pm, save, seeds
 
 NAME = "regularization"
 ORDER = 110
@@ -131,13 +131,11 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
     base = mean_std(base_val)
     base_t = mean_std(base_test)
 
-    def pm(value: tuple[float, float]) -> str:
-        return f"{value[0]:.3f} ± {value[1]:.3f}" if len(runs) > 1 else f"{value[0]:.3f}"
-
     def say(name: str, symbol: str, best: dict) -> str:
         return (
-            f"{name} {symbol} = {best['setting']:g} gives {pm(best['val_acc'])} (gain "
-            f"{best['gain']:+.3f} ± {best['gain_se']:.3f} s.e.; test {pm(best['test_acc'])})"
+            f"{name} {symbol} = {best['setting']:g} gives {pm(best['val_acc'], len(runs))} "
+            f"(gain {best['gain']:+.3f} ± {best['gain_se']:.3f} s.e.; "
+            f"test {pm(best['test_acc'], len(runs))})"
         )
 
     too_much = (
@@ -147,7 +145,8 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         f"p = {dropouts[-1]:g} gives {drop_val[-1].mean():.3f}; "
     )
     measured = (
-        f"Validation accuracy without regularization {pm(base)} (test {pm(base_t)}); the best "
+        f"Validation accuracy without regularization {pm(base, len(runs))} "
+        f"(test {pm(base_t, len(runs))}); the best "
         f"{say('weight decay', 'λ', decay)}; the best {say('dropout', 'p', drop)}; "
         f"{too_much}{len(runs)} seed{'s' if len(runs) > 1 else ''}, {epochs} epochs."
     )

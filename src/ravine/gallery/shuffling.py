@@ -32,7 +32,7 @@ import torch
 
 from ravine import data, fit, models
 from ravine.gallery import Figure
-from ravine.gallery._common import band, figure, mean_std, save, seeds
+from ravine.gallery._common import band, figure, mean_std, pm, save, seeds
 
 NAME = "shuffling"
 ORDER = 20
@@ -131,14 +131,11 @@ def run(out_dir: Path, *, quick: bool = False, seed: int = 0) -> Figure:
         and abs(one_epoch["random"] - expected_one) <= COVERAGE_TOLERANCE
         and abs(difference) <= 2 * standard_error
     )
-    def pm(pair: tuple[float, float]) -> str:
-        spread = f" ± {pair[1]:.4f}" if len(run_seeds) > 1 else ""  # no spread from one seed
-        return f"{pair[0]:.4f}{spread}"
-
     measured = (
         f"after one epoch EpochBatches has seen {one_epoch['epoch']:.0%} of the examples and "
         f"RandomBatches {one_epoch['random']:.1%} (expected {expected_one:.1%}); final loss over "
-        f"the training set {pm(stats['epoch'])} (epoch) vs {pm(stats['random'])} (random), "
+        f"the training set {pm(stats['epoch'], len(run_seeds), '.4f')} (epoch) vs "
+        f"{pm(stats['random'], len(run_seeds), '.4f')} (random), "
         "difference "
         f"{difference:+.4f} against 2 standard errors {2 * standard_error:.4f} "
         f"({len(run_seeds)} seeds, {epochs} epochs)."
