@@ -247,6 +247,11 @@ def lightning_run(splits, epochs: int, dataset: bool = False) -> torch.nn.Module
     return module.model
 
 
+def baseline_of(method: str) -> str:
+    """In-memory methods against the hand loop; Dataset methods against the hand DataLoader loop."""
+    return "hand DataLoader loop" if "Dataset" in method or "DataLoader" in method else "hand loop"
+
+
 def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
     """What a run directory costs, split into the report and the rest, from many short runs.
 
@@ -269,9 +274,7 @@ def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
         loop_module.write_report = draw if kind == "fit + run dir" else (lambda root: None)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            fit(build_model(), splits.train, splits.val, test=splits.test, optimizer="nesterov",
-                lr=LR, schedule="linear-decay", epochs=epochs, batch_size=BATCH, seed=SEED,
-                run_dir=None if kind == "fit" else os.path.join(tmp, "r"), quiet=True)
+            ravine_fit(splits, epochs, None if kind == "fit" else os.path.join(tmp, "r"))
             return time.perf_counter() - start
 
     kinds = ["hand loop", "fit", "fit + run dir, no report", "fit + run dir"]
@@ -356,8 +359,7 @@ def main() -> None:
             unknown = wanted - set(methods)
             if unknown:
                 parser.error(f"unknown method(s) {sorted(unknown)}; choose from {list(methods)}")
-            wanted |= {"hand DataLoader loop" if "Dataset" in name else "hand loop"
-                       for name in wanted}
+            wanted |= {baseline_of(name) for name in wanted}
             methods = {name: run for name, run in methods.items() if name in wanted}
         for run in methods.values():  # warm-up: imports, allocator, first-call costs
             run()
@@ -372,9 +374,7 @@ def main() -> None:
                 times[name].append(time.perf_counter() - start)
 
     steps = len(data.EpochBatches(len(splits.train), BATCH))
-    # In-memory methods against the hand loop; Dataset methods against the hand DataLoader loop.
-    baseline = {name: "hand DataLoader loop" if "Dataset" in name or "DataLoader" in name
-                else "hand loop" for name in methods}
+    baseline = {name: baseline_of(name) for name in methods}
     lines = [
         "# fit() overhead",
         "",
