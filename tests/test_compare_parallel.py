@@ -268,3 +268,34 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     assert "expected an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
         compare.run_suite(load_suite(TINY), tmp_path, jobs=0)
+
+
+WORKER_IMPORTS = """
+import json, sys, tempfile
+from pathlib import Path
+from ravine.bench import compare
+from ravine.bench.config import load_suite
+suite = load_suite(json.loads(sys.argv[1]))
+out = tempfile.mkdtemp()
+compare._prepare(suite, Path(out), None)
+compare._init_worker(suite, out, None)
+before = set(sys.modules)
+kind, _ = compare._task("tune", compare._Cell(0, 0))
+print(json.dumps([kind, sorted(set(sys.modules) - before)]))
+"""
+
+
+def test_a_worker_does_its_heavy_imports_before_it_takes_ctrl_c():
+    # A Ctrl-C that cut the first optimizer's lazy import of torch._dynamo in half made the
+    # worker's next task import it again, and torch.onnx printed a page of warnings into the
+    # interrupted compare's one-line message (seen once in CI). The worker now does that import
+    # in its initializer, while SIGINT is still ignored; a task then imports almost nothing.
+    done = subprocess.run(
+        [sys.executable, "-c", WORKER_IMPORTS, json.dumps(TINY)],
+        env=ENV, capture_output=True, text=True, check=True,
+    )
+    kind, imported = json.loads(done.stdout.splitlines()[-1])
+    assert kind == "tune"
+    heavy = [m for m in imported if m.split(".")[0] in ("sympy", "mpmath")
+             or m.startswith(("torch._dynamo", "torch._inductor", "torch.onnx"))]
+    assert heavy == [] and len(imported) < 10, imported

@@ -475,6 +475,11 @@ def _worker_sigint(signum: int, frame: Any) -> None:
 def _init_worker(suite: SuiteSpec, out_dir: str, storage: str | None) -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # The first optimizer a process builds imports torch._dynamo (torch.optim's add_param_group
+    # is wrapped to disable it): about 800 modules and a second here. Done now, while SIGINT is
+    # still ignored, a Ctrl-C cannot cut that import in half; cut, the worker's next queued task
+    # imported it again and torch.onnx printed a page of "already registered" warnings.
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     signal.signal(signal.SIGINT, _worker_sigint)
     _WORKER["ctx"] = _Context(suite, Path(out_dir), storage)
 
