@@ -30,7 +30,8 @@ reproduced exactly by its sampler (:class:`~ravine.bench.tune.ReplayableTPE`: tr
 the tuning seed + the number of finished trials, and an interrupted trial ends FAIL and is
 redrawn), so every cell, and every final run, computes the same numbers whether the suite runs in
 one process or in many, in one invocation or in several. Workers are started with ``spawn`` (a
-forked torch thread pool can hang) and run one torch thread each; ``jobs=1`` runs in the calling
+forked torch thread pool can hang) and run one torch thread each (:mod:`ravine._workers`, which
+also keeps a Ctrl-C quiet in them); ``jobs=1`` runs in the calling
 process, also with one torch thread, so that no result depends on ``jobs``.
 
 Worker mode (:func:`run_worker`, ``ravine compare --worker``): several processes, on one machine
@@ -52,16 +53,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import shutil
-import signal
 import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,6 +70,7 @@ import optuna
 import torch
 
 from ravine._io import json_ready, write_atomic, write_json_atomic, write_yaml_atomic
+from ravine._workers import busy, sigint_ignored, spawn_pool, start_worker, stop_workers
 from ravine.bench import report, tune
 from ravine.bench.config import OptimizerSpec, SearchSpace, SuiteSpec
 from ravine.bench.problems import DatasetProblem, Problem, RunResult, build
@@ -460,82 +460,29 @@ def _run_cell(
 
 # ------------------------------------------------------------------------ worker processes
 
-_WORKER: dict[str, Any] = {"ctx": None, "busy": False, "raised": False}
-
-
-def _worker_sigint(signum: int, frame: Any) -> None:
-    # Ctrl-C reaches every process of the terminal's group: a busy worker stops its task once
-    # (a trial ends FAIL, a run directory is not written), an idle one ignores it and waits for
-    # the pool to shut down, so no worker prints a traceback.
-    if _WORKER["busy"] and not _WORKER["raised"]:
-        _WORKER["raised"] = True
-        raise KeyboardInterrupt
+_WORKER: dict[str, Any] = {"ctx": None}
 
 
 def _init_worker(suite: SuiteSpec, out_dir: str, storage: str | None) -> None:
-    torch.set_num_threads(1)
+    start_worker()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # The first optimizer a process builds imports torch._dynamo (torch.optim's add_param_group
-    # is wrapped to disable it): about 800 modules and a second here. Done now, while SIGINT is
-    # still ignored, a Ctrl-C cannot cut that import in half; cut, the worker's next queued task
-    # imported it again and torch.onnx printed a page of "already registered" warnings.
-    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
-    signal.signal(signal.SIGINT, _worker_sigint)
     _WORKER["ctx"] = _Context(suite, Path(out_dir), storage)
 
 
 def _task(kind: str, cell: _Cell, *args: Any) -> tuple[str, Any]:
     """One unit of work in a worker: ``("tune", cell)`` or ``("run", cell, chosen, seed)``.
 
-    Returns ``(kind, result)``, or ``("error", line)`` for a failure (so that no exception has
-    to survive pickling)."""
+    A Ctrl-C stops it once (a trial ends FAIL, a run directory is not written). Returns
+    ``(kind, result)``, or ``("error", line)`` for a failure (so that no exception has to
+    survive pickling)."""
     ctx: _Context = _WORKER["ctx"]
-    _WORKER.update(busy=True, raised=False)
-    try:
-        if kind == "tune":
-            return kind, _choose(ctx, cell, lambda text: None)
-        return kind, _final_run(ctx, cell, *args)
-    except Exception as exc:
-        return "error", f"{type(exc).__name__}: {_one_line(exc)}"
-    finally:
-        _WORKER["busy"] = False
-
-
-@contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored in the block: workers spawned in it inherit the disposition, and Python
-    keeps an inherited ignored SIGINT until :func:`_init_worker` installs its handler, so a
-    Ctrl-C while a worker imports torch prints nothing there."""
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _stop_workers(pool: ProcessPoolExecutor, pending: dict[Future, Any]) -> None:
-    """After Ctrl-C (or an error) in the parent: cancel queued tasks, interrupt the running
-    ones that the terminal's Ctrl-C did not already stop (a SIGINT sent to the parent alone),
-    and kill the workers that do not stop within seconds (one still starting, with SIGINT
-    ignored, would run its queued task to the end). What a killed worker leaves, a trial left
-    RUNNING or a temporary run directory, the next invocation fails or removes."""
-    for future in pending:
-        future.cancel()
-    wait([f for f in pending if not f.cancelled()], timeout=1.0)
-    # ProcessPoolExecutor has no public way to reach its workers
-    processes = list(getattr(pool, "_processes", {}).values())
-    for process in processes:
+    with busy():
         try:
-            os.kill(process.pid, signal.SIGINT)
-        except (ProcessLookupError, TypeError):
-            pass
-    deadline = time.monotonic() + 3.0
-    for process in processes:
-        process.join(timeout=max(0.0, deadline - time.monotonic()))
-    for process in processes:
-        if process.is_alive():
-            process.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+            if kind == "tune":
+                return kind, _choose(ctx, cell, lambda text: None)
+            return kind, _final_run(ctx, cell, *args)
+        except Exception as exc:
+            return "error", f"{type(exc).__name__}: {_one_line(exc)}"
 
 
 def _run_pool(ctx: _Context, jobs: int, outcome: SuiteOutcome, progress: _Progress) -> list[str]:
@@ -552,12 +499,8 @@ def _run_pool(ctx: _Context, jobs: int, outcome: SuiteOutcome, progress: _Progre
         else:
             chosen[cell] = _choose(ctx, cell, progress.start)[0]
             first += [("run", cell, chosen[cell], seed) for seed in seeds]
-    pool = ProcessPoolExecutor(
-        max_workers=max(1, min(jobs, len(first))),
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=_init_worker,
-        initargs=(ctx.suite, str(ctx.out_dir), ctx.storage_url),
-    )
+    pool = spawn_pool(max(1, min(jobs, len(first))), _init_worker,
+                      (ctx.suite, str(ctx.out_dir), ctx.storage_url))
     pending: dict[Future, _Cell] = {}
     finished: set[_Cell] = set()
 
@@ -571,7 +514,7 @@ def _run_pool(ctx: _Context, jobs: int, outcome: SuiteOutcome, progress: _Progre
 
     try:
         # every worker is spawned by one of these submissions (at most one per task, up to jobs)
-        with _sigint_ignored():
+        with sigint_ignored():
             for kind, cell, *args in first:
                 pending[pool.submit(_task, kind, cell, *args)] = cell
         while pending:
@@ -598,7 +541,9 @@ def _run_pool(ctx: _Context, jobs: int, outcome: SuiteOutcome, progress: _Progre
                         progress.say(result)
                 settle(cell)
     except BaseException:
-        _stop_workers(pool, pending)
+        # what a killed worker leaves, a trial left RUNNING or a temporary run directory, the
+        # next invocation fails or removes
+        stop_workers(pool, pending)
         raise
     pool.shutdown(wait=True)
     for cell in ctx.cells():
