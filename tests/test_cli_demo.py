@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -65,3 +67,33 @@ def test_demo_command_with_worker_processes(tmp_path):
     assert proc.stdout.strip().splitlines()[-1] == f"report: {tmp_path / 'd' / 'report.md'}"
     assert proc.stdout.count("test_acc") == len(NETWORKS) * len(OPTIMIZERS)
     assert (tmp_path / "d" / "report.md").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["starting", "workers starting", "after the first run"])
+def test_ctrl_c_during_the_demo_is_one_line_and_leaves_no_process(tmp_path, when):
+    # Ctrl-C reaches the terminal's whole group: the command, and workers that may be importing
+    # torch, training, or idle. Whenever it lands: exit 130, one line, no process left behind.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ravine", "demo", "--quick", "--jobs", "2", "--out",
+         str(tmp_path / "d")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    if when == "after the first run":
+        assert "test_acc" in proc.stdout.readline()
+    else:
+        time.sleep(0.3 if when == "starting" else 2.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err == "ravine demo: interrupted\n"
+    deadline = time.monotonic() + 10
+    while True:  # the workers are gone too (the group is empty)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "a worker outlived the demo"
+        time.sleep(0.05)
+    assert not (tmp_path / "d" / "report.md").exists()

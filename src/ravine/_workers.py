@@ -11,7 +11,8 @@ the pool's queue), so the pool here works like this:
   lazy imports (still ignoring SIGINT; a cut import would be redone, noisily, by the next task),
   then installs a handler that raises :class:`KeyboardInterrupt` once, and only inside
   :func:`busy`: a busy worker stops its task (its exception reaches the parent through the
-  future), an idle one stays quiet and waits for the pool to shut down.
+  future), an idle one stays quiet. Once interrupted, a worker starts no further task (the
+  tasks already queued to it end at once), so it is soon idle and leaves at shutdown.
 * After its own Ctrl-C (or an error) the parent calls :func:`stop_workers`.
 """
 
@@ -22,18 +23,19 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
 import torch
 
-__all__ = ["busy", "sigint_ignored", "spawn_pool", "start_worker", "stop_workers"]
+__all__ = ["busy", "call", "sigint_ignored", "spawn_pool", "start_worker", "stop_workers"]
 
-_STATE = {"busy": False, "raised": False}
+_STATE = {"busy": False, "raised": False, "stopping": False}
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
+    _STATE["stopping"] = True
     if _STATE["busy"] and not _STATE["raised"]:
         _STATE["raised"] = True
         raise KeyboardInterrupt
@@ -52,12 +54,21 @@ def start_worker() -> None:
 
 @contextmanager
 def busy() -> Iterator[None]:
-    """Around a worker's task: a Ctrl-C raises :class:`KeyboardInterrupt` in it, once."""
+    """Around a worker's task: a Ctrl-C raises :class:`KeyboardInterrupt` in it, once; after
+    a Ctrl-C the task does not start (raises at once)."""
+    if _STATE["stopping"]:
+        raise KeyboardInterrupt
     _STATE.update(busy=True, raised=False)
     try:
         yield
     finally:
         _STATE["busy"] = False
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    """A task for the pool: ``fn(*args)`` inside :func:`busy`."""
+    with busy():
+        return fn(*args)
 
 
 @contextmanager
@@ -84,25 +95,27 @@ def spawn_pool(
 
 
 def stop_workers(pool: ProcessPoolExecutor, pending: Iterable[Future]) -> None:
-    """After Ctrl-C (or an error) in the parent: cancel queued tasks, interrupt the running
-    ones that the terminal's Ctrl-C did not already stop (a SIGINT sent to the parent alone),
-    and kill the workers that do not stop within seconds (one still starting, with SIGINT
-    ignored, would run its queued task to the end)."""
-    pending = list(pending)
+    """After Ctrl-C (or an error) in the parent: cancel the tasks not yet sent to a worker,
+    interrupt the running ones that the terminal's Ctrl-C did not already stop (a SIGINT sent to
+    the parent alone), let the workers leave, and kill those still there after 3 s (one that was
+    starting, with SIGINT ignored, would run a queued task to the end)."""
     for future in pending:
         future.cancel()
-    wait([f for f in pending if not f.cancelled()], timeout=1.0)
-    # ProcessPoolExecutor has no public way to reach its workers
-    processes = list(getattr(pool, "_processes", {}).values())
+    # ProcessPoolExecutor has no public way to reach its workers, nor to wait for its manager
+    # thread after a shutdown(wait=False) (without that wait the pool's semaphores leak)
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    manager = getattr(pool, "_executor_manager_thread", None)
     for process in processes:
         try:
             os.kill(process.pid, signal.SIGINT)
         except (ProcessLookupError, TypeError):
             pass
+    pool.shutdown(wait=False, cancel_futures=True)
     deadline = time.monotonic() + 3.0
     for process in processes:
         process.join(timeout=max(0.0, deadline - time.monotonic()))
     for process in processes:
         if process.is_alive():
             process.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
+    if manager is not None:
+        manager.join()

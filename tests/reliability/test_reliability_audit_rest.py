@@ -270,6 +270,31 @@ def test_an_interrupt_caught_after_an_exec_still_exits_130(tmp_path, ending):
     assert error_lines(done.stderr) == ["ravine tune: interrupted"]
 
 
+_INTERRUPTED_AT_START = """
+import sys
+import ravine.commands as commands
+
+
+def main():  # a Ctrl-C while the command imports torch, before its own handling begins
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.argv = ["ravine", "--quiet", "train", "run.yaml"]
+    commands.main = main
+    commands.run()
+"""
+
+
+def test_a_ctrl_c_before_the_command_starts_is_one_line_and_130(tmp_path):
+    (tmp_path / "program.py").write_text(_INTERRUPTED_AT_START)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "ravine train: interrupted\n"
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_compare_tuning_trial_is_one_line_and_resumable(tmp_path):
     suite = tmp_path / "suite.yaml"

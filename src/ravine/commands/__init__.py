@@ -233,8 +233,17 @@ def run() -> None:
     turn the exit status 130 into a death by SIGINT whenever the ``KeyboardInterrupt`` had passed
     through an ``exec`` of a string on its way (seen inside sqlalchemy under ``ravine tune``).
     """
-    status = main()
     from ravine._io import exit_now
+
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        # A Ctrl-C before the command's own handling began (while Python imports torch, say):
+        # one line too, and nothing more imported (torch may be half-imported).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+        print(f"ravine {command}: interrupted".replace("  ", " "), file=sys.stderr)
+        exit_now(EXIT_INTERRUPTED)
     from ravine.train.distributed import exit_worker, is_worker
 
     if is_worker():  # a data-parallel worker: done and on disk; skip gloo's teardown aborts

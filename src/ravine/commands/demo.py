@@ -11,24 +11,23 @@ Each run is a :class:`~ravine.config.RunConfig` (:func:`run_config`) built by
 :meth:`~ravine.config.RunConfig.build`, like a ``ravine train`` run.
 
 Runs are spread over worker processes (one per core, one thread each: these small networks do
-not gain from intra-op threads, and two independent runs use two cores fully).
+not gain from intra-op threads, and two independent runs use two cores fully); a Ctrl-C stops
+them quietly (:mod:`ravine._workers`) and the command prints one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from ravine import data
+from ravine._workers import call, sigint_ignored, spawn_pool, start_worker, stop_workers
 from ravine.config import RunConfig, validate_config
 from ravine.train import fit
 from ravine.train.report import line_plot, markdown_table
@@ -98,10 +97,8 @@ def run_config(run: DemoRun, seed: int) -> RunConfig:
     }, f"demo run {run.network}/{run.optimizer}")
 
 
-def _train(run: DemoRun, seed: int, quick: bool, threads: int | None) -> dict[str, Any]:
+def _train(run: DemoRun, seed: int, quick: bool) -> dict[str, Any]:
     """Train one network (in a worker process or in-process); return its summary."""
-    if threads is not None:
-        torch.set_num_threads(threads)
     config = run_config(run, seed)
     built = config.build()
     splits = built.splits
@@ -170,14 +167,19 @@ def run_demo(
 
     if jobs == 1:
         for run in runs:
-            done(_train(run, seed, quick, None))
+            done(_train(run, seed, quick))
     else:
-        # spawn, not fork: forking a process that already runs torch's thread pools can hang.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            futures = [pool.submit(_train, run, seed, quick, 1) for run in runs]
+        pool = spawn_pool(jobs, start_worker)
+        futures: list[Future] = []
+        try:
+            with sigint_ignored():
+                futures = [pool.submit(call, _train, run, seed, quick) for run in runs]
             for future in futures:
                 done(future.result())
+        except BaseException:
+            stop_workers(pool, futures)
+            raise
+        pool.shutdown()
     total = time.perf_counter() - start
     order = {(r.network, r.optimizer): i for i, r in enumerate(runs)}
     results.sort(key=lambda r: order[(r["network"], r["optimizer"])])
