@@ -212,3 +212,32 @@ def test_storage_urls(tmp_path):
     assert (tmp_path / "d" / "study.db").exists()
     with pytest.raises(ValueError, match="needs a file path"):
         tune.open_storage("journal:", tmp_path)
+
+
+class _StorageBrokenByTheInterrupt(optuna.storages.InMemoryStorage):
+    """A storage whose session a Ctrl-C left unusable: marking the trial FAIL fails."""
+
+    def set_trial_state_values(self, trial_id, state, values=None):
+        if state == optuna.trial.TrialState.FAIL:
+            raise optuna.exceptions.StorageInternalError(
+                "An exception is raised during the commit.")
+        return super().set_trial_state_values(trial_id, state, values)
+
+
+def test_a_ctrl_c_stays_a_ctrl_c_when_the_storage_cannot_record_the_failed_trial():
+    # Seen with `ravine tune` on its sqlite storage: the Ctrl-C landed in sqlalchemy's commit,
+    # telling the trial FAIL then raised StorageInternalError, and the command ended with that
+    # traceback and status 1 instead of its one "interrupted" line and 130.
+    def interrupted(trial):
+        raise KeyboardInterrupt
+
+    study = optuna.create_study(storage=_StorageBrokenByTheInterrupt())
+    with pytest.raises(KeyboardInterrupt):
+        tune.optimize(study, interrupted, trials=3)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING]
+
+    def broken(trial):  # any other error, and the storage's own, are not hidden
+        raise ValueError("the objective failed")
+
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        tune.optimize(study, broken, trials=1)

@@ -402,9 +402,18 @@ def optimize(
                 raise KeyboardInterrupt
         except optuna.TrialPruned:
             frozen = study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-        except BaseException:
+        except BaseException as exc:
             if trial is not None:
-                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                try:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                except Exception:
+                    # A Ctrl-C inside the storage's own commit can leave its session unusable
+                    # (sqlite: "An exception is raised during the commit"): the Ctrl-C is
+                    # still what the user must see. The trial stays RUNNING, like a killed
+                    # run's: the sampler counts finished trials only, and a rerun that works
+                    # alone on the study marks it FAIL (fail_stale_trials).
+                    if not isinstance(exc, KeyboardInterrupt):
+                        raise
             raise
         else:
             frozen = study.tell(trial, value)
