@@ -295,6 +295,38 @@ def test_a_ctrl_c_before_the_command_starts_is_one_line_and_130(tmp_path):
     assert done.stderr == "ravine train: interrupted\n"
 
 
+_SLOW_TEARDOWN = """
+import atexit, sys, time
+import ravine.commands as commands
+
+
+def main():  # a command that succeeds; its process then takes long to tear down
+    print("done", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    atexit.register(time.sleep, 60)
+    commands.main = main
+    commands.run()
+"""
+
+
+def test_a_ctrl_c_after_the_command_finished_keeps_its_status(tmp_path):
+    # Seen with `ravine tune`: a Ctrl-C while the interpreter tore down after a finished command
+    # killed the process by SIGINT (status -2) although its results had all been printed.
+    (tmp_path / "program.py").write_text(_SLOW_TEARDOWN)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    process = subprocess.Popen([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stdout.readline() == "done\n"
+    time.sleep(0.5)  # in the 60-s atexit handler by now
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err
+    assert err == ""
+
+
 @pytest.mark.slow
 def test_ctrl_c_during_a_compare_tuning_trial_is_one_line_and_resumable(tmp_path):
     suite = tmp_path / "suite.yaml"

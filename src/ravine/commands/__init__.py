@@ -231,7 +231,8 @@ def run() -> None:
     Data-parallel workers and interrupted commands leave without the interpreter's teardown
     (:func:`ravine._io.exit_now`): after a Ctrl-C that Python code caught, CPython would otherwise
     turn the exit status 130 into a death by SIGINT whenever the ``KeyboardInterrupt`` had passed
-    through an ``exec`` of a string on its way (seen inside sqlalchemy under ``ravine tune``).
+    through an ``exec`` of a string on its way (seen inside sqlalchemy under ``ravine tune``). A
+    Ctrl-C after the command has finished exits with the command's status.
     """
     from ravine._io import exit_now
 
@@ -244,6 +245,11 @@ def run() -> None:
         command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
         print(f"ravine {command}: interrupted".replace("  ", " "), file=sys.stderr)
         exit_now(EXIT_INTERRUPTED)
+    # The command is done and its output written. A Ctrl-C during the interpreter's teardown
+    # (torch's takes a moment) ends the process with the command's own status at once; left to
+    # Python's handler it would raise in the teardown, or kill the process by SIGINT once the
+    # interpreter has put back the default handler.
+    signal.signal(signal.SIGINT, lambda signum, frame: exit_now(status))
     from ravine.train.distributed import exit_worker, is_worker
 
     if is_worker():  # a data-parallel worker: done and on disk; skip gloo's teardown aborts
