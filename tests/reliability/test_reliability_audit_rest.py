@@ -236,6 +236,14 @@ def test_ctrl_c_during_a_tune_trial_is_one_line_and_the_rerun_replays_the_trial(
     assert complete.params == failed.params  # the interrupted trial's values, drawn again
 
 
+def _program(tmp_path, text: str, **popen) -> subprocess.Popen:
+    """``python -m program`` (like ``python -m ravine``) for ``text`` written to program.py."""
+    (tmp_path / "program.py").write_text(text)
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
 _CAUGHT_INSIDE_EXEC = """
 import sys
 
@@ -262,12 +270,10 @@ def test_an_interrupt_caught_after_an_exec_still_exits_130(tmp_path, ending):
     # shows the interpreter's behaviour that it avoids.
     tail = "    commands.main = main\n    commands.run()\n" if ending == "run" else (
         "    sys.exit(main())\n")
-    (tmp_path / "program.py").write_text(_CAUGHT_INSIDE_EXEC + tail)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == (130 if ending == "run" else -signal.SIGINT), done.stderr
-    assert error_lines(done.stderr) == ["ravine tune: interrupted"]
+    process = _program(tmp_path, _CAUGHT_INSIDE_EXEC + tail)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == (130 if ending == "run" else -signal.SIGINT), err
+    assert error_lines(err) == ["ravine tune: interrupted"]
 
 
 _INTERRUPTED_AT_START = """
@@ -287,12 +293,10 @@ if __name__ == "__main__":
 
 
 def test_a_ctrl_c_before_the_command_starts_is_one_line_and_130(tmp_path):
-    (tmp_path / "program.py").write_text(_INTERRUPTED_AT_START)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 130, done.stderr
-    assert done.stderr == "ravine train: interrupted\n"
+    process = _program(tmp_path, _INTERRUPTED_AT_START)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert err == "ravine train: interrupted\n"
 
 
 _SLOW_TEARDOWN = """
@@ -315,10 +319,7 @@ if __name__ == "__main__":
 def test_a_ctrl_c_after_the_command_finished_keeps_its_status(tmp_path):
     # Seen with `ravine tune`: a Ctrl-C while the interpreter tore down after a finished command
     # killed the process by SIGINT (status -2) although its results had all been printed.
-    (tmp_path / "program.py").write_text(_SLOW_TEARDOWN)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    process = subprocess.Popen([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = _program(tmp_path, _SLOW_TEARDOWN)
     assert process.stdout.readline() == "done\n"
     time.sleep(0.5)  # in the 60-s atexit handler by now
     process.send_signal(signal.SIGINT)

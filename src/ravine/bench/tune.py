@@ -17,13 +17,11 @@ name share the study: each runs its ``--trials`` trials, and every trial is reco
 
 from __future__ import annotations
 
-import _thread
 import contextlib
 import copy
 import json
 import math
 import signal
-import sys
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -33,6 +31,7 @@ import optuna
 from pydantic import ValidationError
 
 from ravine._checks import format_validation_error
+from ravine._interrupts import redeliver_swallowed
 from ravine.bench.config import (
     ConfigError,
     OptimizerSpec,
@@ -342,9 +341,10 @@ def run_trials(
 
 @contextlib.contextmanager
 def _interrupts() -> Iterator[list[int]]:
-    """Ctrl-C as usual (``KeyboardInterrupt``), also recorded in the yielded list: a Ctrl-C that
-    lands in a garbage-collection callback (sqlalchemy's, torch's) is swallowed by Python
-    ("Exception ignored in ..."), and the trial would run on as if nothing had happened."""
+    """Ctrl-C as usual (``KeyboardInterrupt``), also recorded in the yielded list, and one that
+    lands in a garbage-collection callback (sqlalchemy's, torch's), which Python would swallow
+    ("Exception ignored in ..."), raised again a moment later (:mod:`ravine._interrupts`):
+    otherwise the trial would run on as if nothing had happened."""
     seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
@@ -354,28 +354,12 @@ def _interrupts() -> Iterator[list[int]]:
         seen.append(signum)
         raise KeyboardInterrupt
 
-    def unraisable(info: Any) -> None:
-        # the Ctrl-C is recorded in ``seen``: no "Exception ignored" traceback for it, and it is
-        # delivered again a moment later, outside the callback, so the trial stops now rather
-        # than after its last epoch
-        if isinstance(info.exc_value, KeyboardInterrupt):
-            timer = threading.Timer(0.05, _thread.interrupt_main)
-            timers.append(timer)
-            timer.start()
-        else:
-            hook(info)
-
-    timers: list[threading.Timer] = []
-    hook = sys.unraisablehook
     previous = signal.signal(signal.SIGINT, handler)
-    sys.unraisablehook = unraisable
     try:
-        yield seen
+        with redeliver_swallowed():
+            yield seen
     finally:
-        for timer in timers:
-            timer.cancel()
         signal.signal(signal.SIGINT, previous)
-        sys.unraisablehook = hook
 
 
 def optimize(

@@ -44,6 +44,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from ravine._interrupts import redeliver_swallowed
 from ravine.commands._common import (
     EXIT_INTERRUPTED,
     EXIT_NONFINITE,
@@ -201,7 +202,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        return handler(args)
+        with redeliver_swallowed():  # a Ctrl-C that lands in a GC callback still stops it
+            return handler(args)
     except NonFiniteLossError as exc:
         if args.debug:
             raise

@@ -11,6 +11,8 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 
+from ravine._interrupts import redeliver_swallowed
+
 __all__ = ["EXIT_USAGE", "EXIT_NONFINITE", "EXIT_INTERRUPTED", "UsageParser", "guarded",
            "one_line", "positive_int", "seed_int"]
 
@@ -66,7 +68,8 @@ def guarded(name: str, argv: Sequence[str], parser: argparse.ArgumentParser,
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        return body(args)
+        with redeliver_swallowed():  # a Ctrl-C that lands in a GC callback still stops it
+            return body(args)
     except KeyboardInterrupt:
         # the process is on its way out: a second Ctrl-C (or one delivered late) must not turn
         # the exit status 130 into a death by SIGINT during interpreter shutdown
