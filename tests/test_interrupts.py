@@ -69,3 +69,49 @@ def test_a_ctrl_c_swallowed_in_a_gc_callback_is_raised_again():
     assert results["as the block ends"][0] == "interrupted"  # owed, raised as the block ends
     assert results["other errors"] == ["ValueError"]
     assert results["without"] == ["KeyboardInterrupt", 0.2]
+
+
+FIT_PROGRAM = """
+import json, signal, sys, time, weakref
+import torch
+from ravine.train import fit
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+seen = []
+
+
+class Thing:
+    pass
+
+
+def callback(epoch, record):
+    seen.append(epoch)
+    if epoch == 2:  # a Ctrl-C lands while a weak-ref callback runs, as under sqlalchemy
+        def raise_ctrl_c(ref):
+            raise KeyboardInterrupt
+        thing = Thing()
+        ref = weakref.ref(thing, raise_ctrl_c)
+        del thing
+    time.sleep(0.02)
+
+
+x, y = torch.randn(64, 3), torch.randn(64, 1)
+try:
+    fit(torch.nn.Linear(3, 1), (x, y), epochs=200, batch_size=64, loss="mse", lr=0.01,
+        seed=0, quiet=True, callbacks=[callback])
+    outcome = "finished"
+except KeyboardInterrupt:
+    outcome = "interrupted"
+print(json.dumps([outcome, len(seen)]))
+"""
+
+
+def test_fit_stops_for_a_ctrl_c_swallowed_in_a_gc_callback():
+    # A script of the user's own calling fit (no CLI): Python would drop that Ctrl-C and train
+    # all 200 epochs.
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, "-c", FIT_PROGRAM], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    outcome, epochs = json.loads(done.stdout.splitlines()[-1])
+    assert outcome == "interrupted" and epochs < 20, (outcome, epochs)
+    assert "Exception ignored" not in done.stderr

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 
+from ravine._interrupts import redeliver_swallowed
 from ravine.train.early_stopping import EarlyStopping
 from ravine.train.epoch import end_epoch, run_epoch
 from ravine.train.loop import Callback, Loop, start_run
@@ -152,7 +153,8 @@ def fit(
                             overwrite=overwrite, quiet=quiet, callbacks=callbacks, config=config)
     finished = False
     try:
-        with loop.progress:
+        # a Ctrl-C that Python would drop in a garbage-collection callback still stops the run
+        with loop.progress, redeliver_swallowed():
             while not loop.done(state):
                 run_epoch(loop, state)
                 end_epoch(loop, state)
