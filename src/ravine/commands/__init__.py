@@ -244,8 +244,8 @@ def run() -> None:
         # A Ctrl-C before the command's own handling began (while Python imports torch, say):
         # one line too, and nothing more imported (torch may be half-imported).
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        command = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-        print(f"ravine {command}: interrupted".replace("  ", " "), file=sys.stderr)
+        name = " ".join(["ravine", *[a for a in sys.argv[1:] if not a.startswith("-")][:1]])
+        print(f"{name}: interrupted", file=sys.stderr)
         exit_now(EXIT_INTERRUPTED)
     # The command is done and its output written. A Ctrl-C during the interpreter's teardown
     # (torch's takes a moment) ends the process with the command's own status at once; left to
