@@ -10,6 +10,13 @@ from pathlib import Path
 
 SRC = str(Path(__file__).parents[1] / "src")
 
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """``python -c CODE`` with this checkout's ravine importable; fails on a non-zero status."""
+    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+
 PROGRAM = """
 import gc, json, signal, sys, time, weakref
 from ravine._interrupts import redeliver_swallowed
@@ -59,9 +66,7 @@ print(json.dumps(results))
 
 
 def test_a_ctrl_c_swallowed_in_a_gc_callback_is_raised_again():
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", PROGRAM], env=env, capture_output=True,
-                          text=True, timeout=120, check=True)
+    done = run_python(PROGRAM)
     assert done.stderr == ""  # no "Exception ignored in ..." for the Ctrl-C
     results = json.loads(done.stdout)
     state, seconds = results["during a long block"]
@@ -109,9 +114,7 @@ print(json.dumps([outcome, len(seen)]))
 def test_fit_stops_for_a_ctrl_c_swallowed_in_a_gc_callback():
     # A script of the user's own calling fit (no CLI): Python would drop that Ctrl-C and train
     # all 200 epochs.
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, "-c", FIT_PROGRAM], env=env, capture_output=True,
-                          text=True, timeout=300, check=True)
+    done = run_python(FIT_PROGRAM)
     outcome, epochs = json.loads(done.stdout.splitlines()[-1])
     assert outcome == "interrupted" and epochs < 20, (outcome, epochs)
     assert "Exception ignored" not in done.stderr

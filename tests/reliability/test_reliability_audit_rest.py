@@ -28,16 +28,21 @@ from ravine.commands.tune import tune_main
 SRC = str(Path(__file__).resolve().parents[2] / "src")
 
 
-def ravine(*args: str, cwd: Path) -> subprocess.Popen:
+def python_m(module: str, *args: str, cwd: Path) -> subprocess.Popen:
+    """``python -m MODULE ARGS`` in ``cwd`` with this checkout's ravine importable."""
     env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen(
-        [sys.executable, "-m", "ravine", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def ravine(*args: str, cwd: Path) -> subprocess.Popen:
+    return python_m("ravine", *args, cwd=cwd)
 
 
 def error_lines(stderr: str) -> list[str]:
@@ -236,12 +241,10 @@ def test_ctrl_c_during_a_tune_trial_is_one_line_and_the_rerun_replays_the_trial(
     assert complete.params == failed.params  # the interrupted trial's values, drawn again
 
 
-def _program(tmp_path, text: str, **popen) -> subprocess.Popen:
+def _program(tmp_path, text: str) -> subprocess.Popen:
     """``python -m program`` (like ``python -m ravine``) for ``text`` written to program.py."""
     (tmp_path / "program.py").write_text(text)
-    env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.Popen([sys.executable, "-m", "program"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+    return python_m("program", cwd=tmp_path)
 
 
 _CAUGHT_INSIDE_EXEC = """
