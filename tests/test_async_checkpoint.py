@@ -86,6 +86,57 @@ def test_snapshot_shares_no_memory_and_keeps_structure():
     assert torch.equal(copied["model"]["w"], torch.arange(6.0).reshape(2, 3))
 
 
+def test_snapshot_shares_what_the_caller_hands_over_and_copies_the_rest():
+    best = {"w": torch.ones(3), "b": torch.zeros(1)}  # a private copy, never changed again
+    live = torch.arange(3.0)
+    payload = {"model": {"w": live}, "best_state": best, "pair": [best["w"], live]}
+    copied = snapshot(payload, owned=(best,))
+    assert copied["best_state"] is best and copied["pair"][0] is best["w"]  # shared as they are
+    assert copied["model"]["w"] is not live and copied["pair"][1] is copied["model"]["w"]
+    assert copied["pair"] is not payload["pair"]
+    live.add_(1)
+    assert torch.equal(copied["model"]["w"], torch.arange(3.0))
+    # a tensor that needs its gradient (or lives off the CPU) is copied all the same, and a
+    # dict handed over that holds one is rebuilt around the copy
+    mixed = {"t": torch.ones(2), "g": torch.ones(2, requires_grad=True), "log": [1, 2]}
+    again = snapshot({"m": mixed}, owned=(mixed,))
+    assert again["m"] is not mixed and again["m"]["t"] is mixed["t"]
+    assert again["m"]["g"] is not mixed["g"] and not again["m"]["g"].requires_grad
+    assert again["m"]["log"] is mixed["log"]  # handed over: shared
+
+
+def test_held_snapshots_now_and_writes_when_the_block_ends(tmp_path, monkeypatch):
+    written = []
+    real_write = checkpoint._write
+
+    def write(payload, path, before):
+        written.append(path.name)
+        real_write(payload, path, before)
+
+    monkeypatch.setattr(checkpoint, "_write", write)
+    net = torch.nn.Linear(2, 1)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with AsyncCheckpointWriter() as writer:
+        with writer.held():
+            writer.submit({"model": net.state_dict()}, tmp_path / "best.pt")
+            writer.submit({"model": net.state_dict(), "step": 1}, tmp_path / "last.pt")
+            with torch.no_grad():
+                net.weight.add_(1.0)  # changed after submit, inside the block
+            assert written == [] and not (tmp_path / "best.pt").exists()
+        writer.wait()
+        assert written == ["best.pt", "last.pt"]  # in submission order
+        for name in written:
+            assert torch.equal(load_checkpoint(tmp_path / name)["model"]["weight"],
+                               before["weight"])
+        # an error inside the block drops its submits: nothing is written
+        with pytest.raises(RuntimeError, match="boom"), writer.held():
+            writer.submit({"step": 2}, tmp_path / "other.pt")
+            raise RuntimeError("boom")
+        writer.submit({"step": 3}, tmp_path / "last.pt")  # the writer still works
+    assert not (tmp_path / "other.pt").exists() and written[-1] == "last.pt"
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_snapshot_copies_cuda_tensors_to_cpu():
     x = torch.randn(5, device="cuda")

@@ -15,11 +15,12 @@ on one background thread while training goes on.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import os
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -135,14 +136,41 @@ def _feed(chunks: list[Any], value: Any) -> None:
         chunks.append(f"V{type(value).__name__}:{value!r}".encode())
 
 
-def snapshot(payload: Any) -> Any:
+def snapshot(payload: Any, *, owned: tuple[Any, ...] = ()) -> Any:
     """A copy of ``payload`` that shares no memory with it: every tensor copied to CPU.
 
     Dicts (their type and attributes kept, e.g. a ``state_dict``'s ``_metadata``), lists and
     tuples are rebuilt around the copies; a tensor that appears twice is copied once and stays
     shared in the copy; every other value is deep-copied.
+
+    ``owned``: values (dicts, lists, tensors) inside ``payload`` that the caller hands over and
+    never changes again, such as a fresh copy of the best weights; the copy shares them as they
+    are (a CPU tensor among them is not copied again).
     """
-    return _snapshot(payload, {})
+    memo: dict[int, Any] = {}
+    for value in owned:
+        _keep(value, memo)
+    return _snapshot(payload, memo)
+
+
+def _keep(value: Any, memo: dict[int, Any]) -> None:
+    """Mark ``value`` and what it holds as shared, not copied, by :func:`_snapshot`."""
+    if isinstance(value, torch.Tensor):
+        if value.device.type == "cpu" and not value.requires_grad:
+            memo[id(value)] = value
+        return
+    if isinstance(value, dict):
+        items: Any = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        return
+    shared = True
+    for item in items:
+        _keep(item, memo)
+        shared = shared and (type(item) in _ATOMS or id(item) in memo)
+    if shared:
+        memo[id(value)] = value
 
 
 _ATOMS = (int, float, str, bytes, bool, type(None), torch.dtype, torch.device)
@@ -204,6 +232,7 @@ class AsyncCheckpointWriter:
         self.synchronous = synchronous
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[tuple[Path, Future[None]]] = []
+        self._held: list[tuple[dict[str, Any], Path, Callable[[], object] | None]] | None = None
         self._closed = False
 
     def submit(
@@ -212,11 +241,14 @@ class AsyncCheckpointWriter:
         path: str | os.PathLike[str],
         *,
         before: Callable[[], object] | None = None,
+        owned: tuple[Any, ...] = (),
     ) -> None:
         """Snapshot ``payload`` now and write it to ``path`` in the background.
 
         ``before`` (optional) runs on the writing thread just before the write, e.g. an
-        ``fsync`` of a log the checkpoint refers to, so that it is durable first.
+        ``fsync`` of a log the checkpoint refers to, so that it is durable first. ``owned``
+        (optional): parts of ``payload`` the caller never changes again, shared instead of
+        copied (:func:`snapshot`).
 
         Raises:
             BaseException: the error of an earlier background write, if one failed.
@@ -231,10 +263,38 @@ class AsyncCheckpointWriter:
                 before()
             save_checkpoint(payload, path)
             return
-        copied = snapshot(payload)
+        copied = snapshot(payload, owned=owned)
+        if self._held is not None:
+            self._held.append((copied, path, before))
+            return
+        self._start(copied, path, before)
+
+    def _start(self, copied: dict[str, Any], path: Path,
+               before: Callable[[], object] | None) -> None:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(1, thread_name_prefix="ravine-checkpoint")
         self._pending.append((path, self._executor.submit(_write, copied, path, before)))
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Take the snapshots of the submits inside the block at once, but start writing them
+        only when it ends (in submission order; an exception in the block drops them).
+
+        Snapshotting is Python work that needs the GIL, as is the background thread's
+        pickling: taking every snapshot of an epoch before the first write starts keeps the
+        two from taking turns (``best.pt`` and then ``last.pt`` at the end of an epoch).
+        """
+        if self._held is not None or self.synchronous:
+            yield
+            return
+        self._held = []
+        try:
+            yield
+            held, self._held = self._held, None
+            for item in held:
+                self._start(*item)
+        finally:
+            self._held = None
 
     def _settle(self, which: Callable[[Path, Future[None]], bool]) -> None:
         """Wait for the pending writes ``which`` selects (in submission order) and forget them;

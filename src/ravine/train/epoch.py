@@ -68,8 +68,11 @@ def end_epoch(loop: Loop, state: RunState) -> None:
     if schedules.is_epoch_driven(state.schedule) and monitored is not None:
         # reduce-on-plateau (and a user's scheduler stepped per epoch) sees the monitored value
         state.schedule.epoch_end(monitored)
-    if state.tracker.monitor in record and state.tracker.update(epoch, record):
-        loop.save_best(state, epoch)
-    checkpoint_every = options.checkpoint_every
-    if loop.done(state) or (checkpoint_every is not None and epoch % checkpoint_every == 0):
-        loop.checkpoint(state)
+    # Both snapshots (best.pt, then last.pt, which holds the best weights too) are taken before
+    # the background thread starts pickling the first, so the two do not take turns at the GIL.
+    with loop.writer.held():
+        if state.tracker.monitor in record and state.tracker.update(epoch, record):
+            loop.save_best(state, epoch)
+        checkpoint_every = options.checkpoint_every
+        if loop.done(state) or (checkpoint_every is not None and epoch % checkpoint_every == 0):
+            loop.checkpoint(state)

@@ -65,6 +65,9 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+_ENCODE = json.JSONEncoder(allow_nan=False).encode
+
+
 def _jsonable(value: Any) -> Any:
     # Strict JSON has no NaN/inf; write them as null so any JSON reader accepts the file.
     if isinstance(value, float) and not math.isfinite(value):
@@ -111,7 +114,10 @@ class JsonlLogger:
     def log(self, record: dict[str, Any]) -> None:
         """Append one record (non-finite floats become ``null``)."""
         if self._file is not None:
-            line = json.dumps({k: _jsonable(v) for k, v in record.items()}, allow_nan=False)
+            try:  # one ready encoder: json.dumps(..., allow_nan=False) builds one per call
+                line = _ENCODE(record)
+            except ValueError:  # a NaN or infinity: written as null
+                line = _ENCODE({k: _jsonable(v) for k, v in record.items()})
             self._file.write(line + "\n")
 
     write = log

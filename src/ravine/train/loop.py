@@ -145,7 +145,9 @@ class Loop:
         # A CPU snapshot now, written by a background thread while training goes on; the
         # thread fsyncs the metrics log first, so the log holds every line the checkpoint
         # counts (the writer is closed before the loggers, so the file is still open then).
-        self.writer.submit(payload, self.files.last, before=jsonl.syncer())
+        # (The best weights are a private copy that is replaced, never changed: not copied.)
+        self.writer.submit(payload, self.files.last, before=jsonl.syncer(),
+                           owned=(state.best_state,))
 
     def save_best(self, state: RunState, epoch: int) -> None:
         with optim.true_params(state.optimizer):
@@ -153,7 +155,7 @@ class Loop:
         if self.files is not None:
             self.writer.submit({"model": state.best_state, "epoch": epoch,
                                 "monitor": state.tracker.monitor, "value": state.tracker.best},
-                               self.files.best)
+                               self.files.best, owned=(state.best_state,))
 
     def close(self, *, report: bool = False) -> None:
         """Finish pending checkpoint writes, close the loggers, write ``report.md`` (when
