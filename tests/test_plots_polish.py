@@ -26,7 +26,8 @@ from ravine.diagnostics.plots import (
     plot_spectral_density,
     spectral_density_figure,
 )
-from ravine.train.report import LinePlotter, write_report
+from ravine.train import lineplot
+from ravine.train.report import write_report
 
 
 def axes_facts(figure: Figure) -> list[dict]:
@@ -62,15 +63,28 @@ def saved(monkeypatch):
         return original(self, path, *args, **kwargs)
 
     monkeypatch.setattr(Figure, "savefig", savefig)
-    # the run report's line plots are encoded from their own Agg canvas, not through savefig
-    write_png = LinePlotter._write_png
+    # the run report's line plots are drawn by ravine.train.lineplot, not matplotlib
+    draw = lineplot.render
 
-    def line_plot_png(self, path):
-        record.append((str(path), axes_facts(self.figure)))
-        return write_png(self, path)
+    def render(plot, path):
+        record.append((str(path), [plot_facts(plot)]))
+        return draw(plot, path)
 
-    monkeypatch.setattr(LinePlotter, "_write_png", line_plot_png)
+    monkeypatch.setattr(lineplot, "render", render)
     return record
+
+
+def plot_facts(plot: lineplot.Plot) -> dict:
+    """``axes_facts`` of a run-report line plot, read from its plan."""
+    return {
+        "title": plot.title,
+        "xlabel": plot.xlabel,
+        "ylabel": plot.ylabel,
+        "integer_x": plot.x.integer,
+        "xticks": list(plot.x.ticks),
+        "lines": [(line.label, line.color) for line in plot.lines],
+        "legend": [line.label for line in plot.lines] if plot.legend else [],
+    }
 
 
 # ---------------------------------------------------------------------------- SLQ plot
@@ -222,7 +236,7 @@ def test_run_report_epoch_plots_have_integer_ticks_and_labels(saved, tmp_path):
         assert all(float(t).is_integer() for t in panel["xticks"]), name
     assert plots["loss.png"][0]["xlabel"] == "epoch"
     assert "±" not in (tmp_path / "run" / "report.md").read_text()
-    # the PNG is the drawn figure at 80 dpi, in 64 colours at most, and holds the train line
+    # the PNG is 512 x 320 pixels, in 64 colours at most, and holds the train line
     # (matplotlib's first colour, #1f77b4) and the validation line (#ff7f0e)
     with Image.open(tmp_path / "run" / "plots" / "loss.png") as image:
         assert image.size == (512, 320) and image.mode == "P"

@@ -30,7 +30,8 @@ from ravine import data
 from ravine._workers import call, sigint_ignored, spawn_pool, start_worker, stop_workers
 from ravine.config import RunConfig, validate_config
 from ravine.train import fit
-from ravine.train.report import line_plot, markdown_table
+from ravine.train.lineplot import line_plot
+from ravine.train.report import markdown_table
 
 __all__ = ["OPTIMIZERS", "NETWORKS", "LEARNING_RATES", "EPOCHS", "DemoRun", "run_config",
            "run_demo", "demo_command"]
