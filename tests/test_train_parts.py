@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -10,7 +11,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ravine.train import CheckpointError, EarlyStopping, load_checkpoint, save_checkpoint
+from ravine.train import (
+    CheckpointError,
+    EarlyStopping,
+    checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from ravine.train.checkpoint import rng_state, set_rng_state
 from ravine.train.loggers import JsonlLogger
 from ravine.train.metrics import Objective, read_metrics, resolve_loss
@@ -25,6 +32,63 @@ def test_checkpoint_round_trip_is_exact_and_leaves_no_temporary_file(tmp_path):
     assert torch.equal(loaded["w"], payload["w"]) and loaded["step"] == 8
     assert loaded["hist"] == payload["hist"]
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]
+
+
+def test_history_is_one_json_text_in_the_checkpoint_and_resumes_exactly(tmp_path):
+    """Version 3 stores fit's history as JSON text (one object to pickle and hash, not every
+    number of every epoch); NaN, infinities, None, bools, ints and every float come back
+    exactly, and a version-2 checkpoint (history as a list) still resumes."""
+    from ravine import fit
+
+    odd = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "none": None, "flag": True,
+           "count": 3, "third": 1 / 3, "word": "x"}
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def add(epoch, record):  # the record a callback sees is the history's own
+        if epoch == 3:
+            raise Stop  # before epoch 3's checkpoint: last.pt holds epochs 1 and 2
+        record.update(odd)
+        seen.append(dict(record))
+
+    def net():
+        torch.manual_seed(0)
+        return torch.nn.Linear(3, 2)
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g)
+    kw = dict(epochs=3, batch_size=16, seed=0, quiet=True)
+    whole = fit(net(), (x, y), **kw).history
+    with pytest.raises(Stop):
+        fit(net(), (x, y), **kw, run_dir=tmp_path / "run", callbacks=[add])
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["version"] == 3 and isinstance(ckpt["history"], str)
+
+    def same(a, b):
+        return type(a) is type(b) and (a == b or (isinstance(a, float) and math.isnan(a)
+                                                  and math.isnan(b)))
+
+    def resume():
+        return fit(net(), (x, y), **kw, run_dir=tmp_path / "run",
+                   resume=True).history
+
+    resumed = resume()
+    for before, after in zip(seen, resumed[:2], strict=True):
+        assert list(before) == list(after)  # the same keys, in the same order
+        assert all(same(before[k], after[k]) for k in before), (before, after)
+    assert resumed[2]["train_loss"] == whole[2]["train_loss"]  # trained on as one run
+    # a checkpoint of format version 2 kept the history as a list: it resumes the same way
+    body = {k: v for k, v in ckpt.items() if k not in ("format", "version")}
+    body["history"] = json.loads(ckpt["history"])
+    record = {"format": "ravine-checkpoint", "version": 2, **body,
+              "sha256": checkpoint.payload_digest(body)}
+    torch.save(record, last)
+    again = resume()
+    assert again[2]["train_loss"] == whole[2]["train_loss"]
+    assert same(again[0]["nan"], math.nan) and same(again[1]["count"], 3)
 
 
 def test_load_refuses_missing_truncated_foreign_and_pickled_code(tmp_path):

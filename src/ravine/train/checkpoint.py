@@ -44,9 +44,11 @@ __all__ = [
 ]
 
 FORMAT = "ravine-checkpoint"
-VERSION = 2
-# Version 1 (before checksums) is still read; version 2 carries "sha256" and must match it.
-READABLE = (1, 2)
+VERSION = 3
+# Version 1 (before checksums) is still read; versions 2 and 3 carry "sha256" and must match
+# it. Version 3 stores fit's history as JSON text (RunState.state_dict), which versions 1 and 2
+# stored as a list of dicts.
+READABLE = (1, 2, 3)
 
 
 class CheckpointError(Exception):
