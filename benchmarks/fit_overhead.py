@@ -38,6 +38,7 @@ import argparse
 import logging
 import os
 import platform
+import random
 import statistics
 import tempfile
 import time
@@ -252,6 +253,16 @@ def baseline_of(method: str) -> str:
     return "hand DataLoader loop" if "Dataset" in method or "DataLoader" in method else "hand loop"
 
 
+def median_interval(values: list[float], resamples: int = 2000) -> tuple[float, float]:
+    """A 95% bootstrap interval (percentile method, fixed seed) for the median of ``values``:
+    how far the table's median of per-round ratios could move on another run of as many rounds
+    on an equally noisy machine."""
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(values, k=len(values)))
+                     for _ in range(resamples))
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+
+
 def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
     """What a run directory costs, split into the report and the rest, from many short runs.
 
@@ -388,16 +399,18 @@ def main() -> None:
         + ", ".join(f"{name}: {answer}" for name, answer in same.items()) + ".",
         "",
         "| method | median (s) | min (s) | baseline | median / baseline | min / baseline "
-        "| median of per-round ratios |",
-        "|---|---|---|---|---|---|---|",
+        "| median of per-round ratios | its 95% interval |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, ts in times.items():
         base = times[baseline[name]]
         # Each round's time over its own baseline's: a slow phase spanning a round cancels.
-        paired = statistics.median(t / b for t, b in zip(ts, base, strict=True))
+        ratios = [t / b for t, b in zip(ts, base, strict=True)]
+        low, high = median_interval(ratios)
         lines.append(f"| {name} | {statistics.median(ts):.3f} | {min(ts):.3f} | "
                      f"{baseline[name]} | {statistics.median(ts) / statistics.median(base):.3f} "
-                     f"| {min(ts) / min(base):.3f} | {paired:.3f} |")
+                     f"| {min(ts) / min(base):.3f} | {statistics.median(ratios):.3f} "
+                     f"| {low:.3f}-{high:.3f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
