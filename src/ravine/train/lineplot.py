@@ -22,7 +22,7 @@ import importlib.util
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ def plan(
     shown = legend if len(lines) > 1 else None
     plot = Plot(tuple(lines), x, y, xlabel, ylabel, title, shown)
     if shown == "best":
-        plot = Plot(plot.lines, x, y, xlabel, ylabel, title, _best_corner(plot))
+        plot = replace(plot, legend=_best_corner(plot))
     return plot
 
 
@@ -269,17 +269,18 @@ def _corner_box(box: Box, size: tuple[int, int], corner: str) -> tuple[int, int,
     return x0, y0, x0 + w, y0 + h
 
 
-def legend_box(plot: Plot) -> tuple[int, int, int, int] | None:
-    """The legend's box ``(x0, y0, x1, y1)`` in pixels, or ``None`` when there is none."""
+def legend_box(plot: Plot, box: Box | None = None) -> tuple[int, int, int, int] | None:
+    """The legend's box ``(x0, y0, x1, y1)`` in pixels (``box``: the plot's :func:`frame`, if
+    already at hand), or ``None`` when there is none."""
     if plot.legend is None:
         return None
-    return _corner_box(frame(plot), _legend_size(plot), plot.legend)
+    return _corner_box(box or frame(plot), _legend_size(plot), plot.legend)
 
 
 def _best_corner(plot: Plot) -> str:
     """The corner whose legend box covers the fewest data points (first in matplotlib's order
     on a tie)."""
-    box = frame(Plot(plot.lines, plot.x, plot.y, plot.xlabel, plot.ylabel, plot.title, None))
+    box = frame(plot)
     points = [box.point(plot, x, y) for line in plot.lines if not line.dashed
               for x, y in zip(line.xs, line.ys, strict=True) if math.isfinite(y)]
     size = _legend_size(plot)
@@ -291,15 +292,19 @@ def _best_corner(plot: Plot) -> str:
     return min(("upper right", "upper left", "lower left", "lower right"), key=covered)
 
 
+def _fine(pixel: float) -> float:
+    """A coordinate of the final image on the supersampled canvas: pixel k of the final image,
+    centred at k, is the canvas' pixels kS .. kS+S-1, centred at kS+(S-1)/2."""
+    return pixel * SCALE + (SCALE - 1) / 2
+
+
 def _runs(line: Line, box: Box, plot: Plot) -> list[list[tuple[float, float]]]:
-    """The line's stretches between gaps, in pixels of the supersampled canvas (pixel k of
-    the final image, centred at k, is the canvas' pixels kS .. kS+S-1, centred at kS+(S-1)/2)."""
+    """The line's stretches between gaps, in pixels of the supersampled canvas."""
     runs: list[list[tuple[float, float]]] = [[]]
-    centre = (SCALE - 1) / 2
     for x, y in zip(line.xs, line.ys, strict=True):
         px, py = box.point(plot, x, y)
         if math.isfinite(px) and math.isfinite(py):
-            runs[-1].append((px * SCALE + centre, py * SCALE + centre))
+            runs[-1].append((_fine(px), _fine(py)))
         elif runs[-1]:
             runs.append([])
     return [run for run in runs if run]
@@ -327,15 +332,14 @@ def render(plot: Plot, path: str | os.PathLike[str]) -> Path:
     width, height = SIZE
     canvas = Image.new("RGB", (width * SCALE, height * SCALE), "white")
     draw = ImageDraw.Draw(canvas)
-    centre = (SCALE - 1) / 2  # pixel k of the final image is columns kS .. kS+S-1 here
     xt = [round(box.column(plot, t)) for t in plot.x.ticks]
     yt = [round(box.row(plot, t)) for t in plot.y.ticks]
     for px in xt:
-        draw.line([(px * SCALE + centre, box.top * SCALE), (px * SCALE + centre,
-                   box.bottom * SCALE)], fill=GRID, width=SCALE)
+        draw.line([(_fine(px), box.top * SCALE), (_fine(px), box.bottom * SCALE)], fill=GRID,
+                  width=SCALE)
     for py in yt:
-        draw.line([(box.left * SCALE, py * SCALE + centre), (box.right * SCALE,
-                   py * SCALE + centre)], fill=GRID, width=SCALE)
+        draw.line([(box.left * SCALE, _fine(py)), (box.right * SCALE, _fine(py))], fill=GRID,
+                  width=SCALE)
     for line in plot.lines:
         for run in _runs(line, box, plot):
             pieces = _dashes(run, 6.0 * SCALE, 3.0 * SCALE) if line.dashed else [run]
@@ -368,8 +372,9 @@ def render(plot: Plot, path: str | os.PathLike[str]) -> Path:
     if plot.title:
         draw.text((middle, box.top - 6), plot.title, fill="black", font=_font(TITLE_SIZE),
                   anchor="ms")
-    if plot.legend is not None:
-        _draw_legend(draw, plot, box, font)
+    corners = legend_box(plot, box)
+    if corners is not None:
+        _draw_legend(draw, plot, corners, font)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.quantize(64, method=2).save(path, format="png", compress_level=1)  # 2: fast octree
@@ -386,8 +391,8 @@ def _vertical_text(image: Any, text: str, x: int, centre_y: float, font: Any) ->
     image.paste((0, 0, 0), (x, round(centre_y - mask.height / 2)), mask)
 
 
-def _draw_legend(draw: Any, plot: Plot, box: Box, font: Any) -> None:
-    x0, y0, x1, y1 = _corner_box(box, _legend_size(plot), plot.legend or "upper right")
+def _draw_legend(draw: Any, plot: Plot, corners: tuple[int, int, int, int], font: Any) -> None:
+    x0, y0, x1, y1 = corners
     draw.rounded_rectangle([x0, y0, x1, y1], radius=3, fill="white", outline=(204, 204, 204))
     for index, line in enumerate(plot.lines):
         y = y0 + 3 + 15 * index + 7.5

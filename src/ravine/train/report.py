@@ -72,7 +72,7 @@ def write_report(run_dir: str | os.PathLike[str]) -> Path:
         loss_series.append(("validation", ep, _column(epochs, "val_loss")))
     if epochs:
         line_plot(plots / "loss.png", loss_series, xlabel="epoch", ylabel="loss", title="Loss",
-                     legend="upper right")
+                  legend="upper right")
         made.append(("Loss", "plots/loss.png"))
     if any("train_acc" in r for r in epochs):
         acc_series = [("train", ep, _column(epochs, "train_acc"))]
