@@ -252,9 +252,10 @@ def test_a_shuffling_loader_reads_the_same_pass_for_the_same_seed_and_changes_no
         DataLoader(TensorDataset(x, y), batch_size=5, shuffle=True, generator=generator),
     ]
     for loader in loaders:
+        nets = model(), model()  # built first: model() seeds torch's global generator
         rng, own = torch.get_rng_state(), generator.get_state()
-        first = diagnostics.gradient_noise(model(), LOSS, loader, [2, 6], n_batches=4, seed=4)
-        again = diagnostics.gradient_noise(model(), LOSS, loader, [2, 6], n_batches=4, seed=4)
+        first = diagnostics.gradient_noise(nets[0], LOSS, loader, [2, 6], n_batches=4, seed=4)
+        again = diagnostics.gradient_noise(nets[1], LOSS, loader, [2, 6], n_batches=4, seed=4)
         assert close(first.to_dict(), again.to_dict())
         assert torch.equal(torch.get_rng_state(), rng)
         assert torch.equal(generator.get_state(), own)
