@@ -336,9 +336,9 @@ def test_synchronous_mode_writes_before_submit_returns(tmp_path, monkeypatch):
     threads = []
     real_save = checkpoint.save_checkpoint
 
-    def save(payload, target):
+    def save(payload, target, **options):
         threads.append(threading.current_thread())
-        real_save(payload, target)
+        real_save(payload, target, **options)
 
     monkeypatch.setattr(checkpoint, "save_checkpoint", save)
     with AsyncCheckpointWriter(synchronous=True) as writer:

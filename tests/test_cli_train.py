@@ -18,6 +18,7 @@ import yaml
 from run_helpers import train_size
 
 from ravine.commands import EXIT_NONFINITE, EXIT_USAGE, main
+from ravine.train.checkpoint import load_checkpoint
 from ravine.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -63,7 +64,7 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, code: int, *fragmen
 
 
 def model_state(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
-    return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
+    return load_checkpoint(run / "checkpoints" / name)["model"]
 
 
 def test_train_writes_a_run_directory_and_reports_where(tmp_path):
@@ -100,7 +101,7 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
-    last = torch.load(tmp_path / "cut" / "run" / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(tmp_path / "cut" / "run" / "checkpoints" / "last.pt")
     assert 0 < last["step"] < 6 * steps_per_epoch  # killed mid-run, after some checkpoint
     assert read_metrics(metrics)[2] == {}  # the run had not finished
 
@@ -178,6 +179,6 @@ def test_nonfinite_loss_exits_3_naming_the_step_and_keeps_the_checkpoint(tmp_pat
     proc = ravine("train", str(config))
     assert_one_line_error(proc, EXIT_NONFINITE, "non-finite training loss", "stopped")
     step = int(proc.stderr.split(" at step ")[1].split()[0])
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["step"] == step - 1 >= 1
     assert all(torch.isfinite(v).all() for v in last["model"].values())

@@ -25,6 +25,7 @@ from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 from ravine.commands import EXIT_NONFINITE, EXIT_USAGE, launcher, main
 from ravine.commands.launcher import _root_cause
 from ravine.train import distributed, fit
+from ravine.train.checkpoint import load_checkpoint
 from ravine.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -65,7 +66,7 @@ def run(*args: str, launcher: str = "ravine", timeout: float = 120) -> subproces
 
 
 def checkpoint(run_dir: Path) -> dict:
-    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")
 
 
 def records(run_dir: Path) -> list[dict]:
@@ -303,7 +304,7 @@ def test_a_killed_rank_stops_the_job_and_resume_completes_it(tmp_path, capsys):
         "ravine train: rank 1 was killed by SIGKILL; stopped all 2 processes",
         f"ravine train: --resume (with --nproc 2) continues from {last}",
     ]
-    saved = torch.load(last, weights_only=True)
+    saved = load_checkpoint(last)
     assert 0 < saved["step"] < steps
     assert read_metrics(metrics)[2] == {}  # no summary: the run did not finish
     assert not list(last.parent.glob(".*"))  # no half-written checkpoint

@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
 from ravine import data, fit, models
 from ravine.data.sources import LoaderSource, as_tensors, batch_examples, to_device
+from ravine.train.checkpoint import load_checkpoint
 
 N, FEATURES, CLASSES, BATCH = 60, 5, 3, 16  # 60 = 3 * 16 + 12: every epoch ends short
 
@@ -246,7 +247,7 @@ def test_fp16_uses_a_grad_scaler_whose_state_is_checkpointed(tmp_path):
     result = fit(make_model(norm="none"), (x, y), (x, y), precision="fp16",
                  run_dir=tmp_path / "run", **settings)
     assert all(math.isfinite(r["train_loss"]) for r in result.history)
-    last = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert last["scaler"]["scale"] > 0 and "_growth_tracker" in last["scaler"]
 
 

@@ -13,6 +13,7 @@ from torch import nn
 
 from ravine import data, models, optim, schedules
 from ravine.train import CheckpointError, NonFiniteLossError, fit
+from ravine.train.checkpoint import load_checkpoint
 from ravine.train.metrics import read_metrics
 
 N, D, K = 50, 5, 3
@@ -269,7 +270,7 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_checkpoint(tmp_path)
         fit(make_model(), (x, y), optimizer="sgd", lr=0.1, epochs=2, batch_size=BATCH, seed=0,
             run_dir=run, checkpoint_every_steps=1, quiet=True)
     assert str(run / "checkpoints" / "last.pt") in str(err.value)
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")
     assert ckpt["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
     _, steps, _ = read_metrics(run / "metrics.jsonl")
@@ -349,7 +350,7 @@ def test_resume_after_a_crash_is_bit_identical_without_duplicate_records(tmp_pat
     INTERRUPT.update(calls=0, at=8)
     with pytest.raises(Interrupt):
         fit(model, (x, y), (xv, yv), run_dir=tmp_path / "cut", **settings)
-    last = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert (last["step"], last["batches"]["epoch"], last["batches"]["position"]) == (6, 1, 2)
     INTERRUPT.update(calls=0, at=None)
     resumed = fit(fresh, (x, y), (xv, yv), run_dir=tmp_path / "cut", resume=True, **settings)

@@ -18,6 +18,8 @@ import pytest
 import torch
 import yaml
 
+from ravine.train.checkpoint import load_checkpoint
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "my_project"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -81,7 +83,7 @@ def user_project(folder: Path, module: str, **changes) -> Path:
 
 
 def state(run: Path, name: str = "last.pt") -> dict:
-    return torch.load(run / "checkpoints" / name, weights_only=True)["model"]
+    return load_checkpoint(run / "checkpoints" / name)["model"]
 
 
 def records(run: Path) -> list[dict]:
@@ -148,7 +150,7 @@ def test_sigkill_mid_epoch_on_a_dataset_then_resume_is_bit_identical(tmp_path):
         time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    last = torch.load(tmp_path / "cut" / "run" / "checkpoints" / "last.pt", weights_only=True)
+    last = load_checkpoint(tmp_path / "cut" / "run" / "checkpoints" / "last.pt")
     assert steps_per_epoch < last["step"] < 4 * steps_per_epoch
     assert last["batches"]["position"] > 0  # mid-epoch
 

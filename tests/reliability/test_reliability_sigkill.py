@@ -40,6 +40,7 @@ import yaml
 from run_helpers import train_size
 
 from ravine.commands import main
+from ravine.train.checkpoint import load_checkpoint
 
 SEED = 14
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -212,7 +213,7 @@ def test_six_sigkills_each_resumed_end_bit_identical_to_an_uninterrupted_run(tmp
     proc, seen, log = start(killed), 0, []
     for kill in kill_plan(SEED, total_steps):
         seen, torn = kill_when(proc, run, kill, seen)
-        saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"]
+        saved = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
         log.append((kill.kind, seen, saved, torn))
         proc = start(killed, "--resume")
     _, err = proc.communicate(timeout=240)
@@ -228,8 +229,8 @@ def test_six_sigkills_each_resumed_end_bit_identical_to_an_uninterrupted_run(tmp
     assert main(["train", str(reference), "--quiet"]) == 0
     ref = tmp_path / "ref" / "run"
     for name in ("last.pt", "best.pt"):
-        a = torch.load(run / "checkpoints" / name, weights_only=True)
-        b = torch.load(ref / "checkpoints" / name, weights_only=True)
+        a = load_checkpoint(run / "checkpoints" / name)
+        b = load_checkpoint(ref / "checkpoints" / name)
         assert_same_tensors(a["model"], b["model"], f"{name} model")
         if name == "last.pt":
             assert_same_tensors(a["optimizer"], b["optimizer"], "last.pt optimizer")
