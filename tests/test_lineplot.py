@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 
 import pytest
 from PIL import Image
@@ -16,6 +17,7 @@ from ravine.train.lineplot import (
     frame,
     legend_box,
     line_plot,
+    line_plots,
     linear_axis,
     log_axis,
     plan,
@@ -205,3 +207,40 @@ def test_line_plot_writes_a_small_palette_png(tmp_path):
     # nothing to draw is still a plot (empty axes), not an error
     empty = line_plot(tmp_path / "empty.png", [("x", [], [])], xlabel="step", ylabel="y")
     assert near(pixels(empty).getpixel((SIZE[0] // 2, SIZE[1] // 2)), (255, 255, 255), 6)
+
+
+def test_plots_drawn_two_at_a_time_are_the_plots_drawn_one_by_one(tmp_path):
+    xs = list(range(1, 41))
+    jobs = [(tmp_path / "two" / f"p{i}.png",
+             [("a", xs, [math.sin(x / (i + 1)) + 2 for x in xs]), ("b", xs, [1.0 + i] * 40)],
+             {"title": f"plot {i}", "xlabel": "step", "ylabel": "value", "logy": i % 2 == 1})
+            for i in range(5)]
+    drawn = line_plots(jobs)
+    assert drawn == [path for path, _, _ in jobs]
+    for path, series, options in jobs:
+        alone = line_plot(tmp_path / "one" / path.name, series, **options)
+        assert path.read_bytes() == alone.read_bytes(), path.name
+
+
+def test_an_error_in_either_thread_is_raised_after_both_finish(tmp_path):
+    good = [("a", [1, 2, 3], [1.0, 2.0, 3.0])]
+    for bad_index in (0, 1):  # drawn here, and drawn by the helper thread
+        axes = {"xlabel": "x", "ylabel": "y"}
+        jobs = [(tmp_path / f"{bad_index}-{i}.png", good, axes) for i in range(4)]
+        jobs[bad_index] = (tmp_path / "x.png", good, {**axes, "no_such_option": 1})
+        with pytest.raises(TypeError, match="no_such_option"):
+            line_plots(jobs)
+        # the helper thread's plots (every other one) are finished, not left half-drawn
+        assert all(path.exists() for i, (path, _, _) in enumerate(jobs)
+                   if i % 2 and i != bad_index)
+
+
+def test_each_thread_draws_text_with_a_font_of_its_own():
+    from ravine.train import lineplot
+
+    here = lineplot._font(11)
+    there: list[object] = []
+    worker = threading.Thread(target=lambda: there.append(lineplot._font(11)))
+    worker.start()
+    worker.join()
+    assert lineplot._font(11) is here and there[0] is not here
