@@ -25,6 +25,7 @@ import yaml
 
 __all__ = [
     "YAMLError",
+    "dump_yaml",
     "exit_now",
     "fsync_dir",
     "json_ready",
@@ -151,9 +152,16 @@ def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> None:
     write_atomic(path, lambda handle: json.dump(json_ready(data), handle, indent=1))
 
 
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML text, keys in their order: what ``yaml.safe_dump(data,
+    sort_keys=False)`` writes, by libyaml's emitter when PyYAML has it (about 6x faster)."""
+    return yaml.dump(data, Dumper=_SafeDumper, sort_keys=False)
+
+
 def write_yaml_atomic(data: dict[str, Any], path: str | os.PathLike[str]) -> None:
     """Write ``data`` as YAML atomically (keys in their order)."""
-    write_atomic(path, lambda handle: yaml.safe_dump(data, handle, sort_keys=False))
+    text = dump_yaml(data)
+    write_atomic(path, lambda handle: handle.write(text))
 
 
 # A YAML document may expand (through aliases) to at most this many nodes: a 481-byte "billion
@@ -216,6 +224,7 @@ def safe_yaml(text: str, source: str) -> Any:
 
 
 _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 def _yaml_problem(exc: yaml.YAMLError, source: str) -> str:

@@ -31,3 +31,23 @@ def test_shared_aliases_within_the_budget_still_read():
     assert safe_yaml("base: &b {lr: 0.1}\nother: *b\n", "x") == {"base": {"lr": 0.1},
                                                                 "other": {"lr": 0.1}}
     assert safe_yaml("", "x") is None
+
+
+def test_dump_yaml_writes_what_yaml_safe_dump_writes():
+    """dump_yaml uses libyaml's emitter when PyYAML has it; the text must not change."""
+    import math
+
+    import yaml
+
+    from ravine._io import dump_yaml
+
+    data = {
+        "name": "café ∇ run", "none": None, "yes": "yes", "number_text": "1e3", "empty": "",
+        "floats": [0.1, 1e-12, 3.0, math.inf, -math.inf], "ints": [0, -7, 2**70],
+        "flags": [True, False], "nested": {"b": {"c": [1, {"d": [[], {}]}]}, "a": 1},
+        "long": "word " * 60, "multiline": "first\nsecond\n", "colon": "a: b", "hash": "# x",
+        "quote": "it's \"quoted\"", "tabs": "a\tb",
+    }
+    assert dump_yaml(data) == yaml.safe_dump(data, sort_keys=False)
+    again = yaml.safe_load(dump_yaml(data))
+    assert list(again) == list(data) and again["floats"][3] == math.inf

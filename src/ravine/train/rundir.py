@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ravine._io import dump_yaml
 
 __all__ = ["RunFiles", "RunLock", "RunDirInUse", "plain", "WRITTEN", "PLOTS"]
 
@@ -68,7 +68,7 @@ class RunFiles:
                 )
             self.clear()
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(yaml.safe_dump(plain(config), sort_keys=False), encoding="utf-8")
+        self.config.write_text(dump_yaml(plain(config)), encoding="utf-8")
 
 
 class RunDirInUse(ValueError):
