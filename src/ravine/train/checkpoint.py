@@ -189,7 +189,7 @@ def snapshot(payload: Any, *, owned: tuple[Any, ...] = ()) -> Any:
 
 
 def _keep(value: Any, memo: dict[int, Any]) -> None:
-    """Mark ``value`` and what it holds as shared, not copied, by :func:`_snapshot`."""
+    """Mark ``value`` and what it holds as shared, not copied, by :func:`_rebuild`."""
     if isinstance(value, torch.Tensor):
         if value.device.type == "cpu" and not value.requires_grad:
             memo[id(value)] = value
@@ -302,7 +302,8 @@ def unpack(packed: dict[str, Any]) -> Any:
     def tensor_of(value: dict[Any, Any]) -> torch.Tensor | None:
         return made[value[_TENSOR]] if len(value) == 1 and _TENSOR in value else None
 
-    return _rebuild(packed["tree"], {}, _copy_tensor, tensor_of)
+    # a tensor left in the tree (sparse, quantized) is already the loaded file's own
+    return _rebuild(packed["tree"], {}, lambda tensor: tensor, tensor_of)
 
 
 class AsyncCheckpointWriter:

@@ -23,7 +23,7 @@ import math
 import os
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -431,7 +431,10 @@ def line_plot(path: str | os.PathLike[str], series: Sequence[Series], **options:
     return render(plan(series, **options), path)
 
 
-_HELPER: list[ThreadPoolExecutor] = []
+@functools.lru_cache(maxsize=1)
+def _helper() -> ThreadPoolExecutor:
+    """The one thread that draws every other plot of :func:`line_plots`, kept for the process."""
+    return ThreadPoolExecutor(1, thread_name_prefix="ravine-plots")
 
 
 def line_plots(jobs: Sequence[tuple[str | os.PathLike[str], Sequence[Series], dict[str, Any]]]
@@ -439,26 +442,16 @@ def line_plots(jobs: Sequence[tuple[str | os.PathLike[str], Sequence[Series], di
     """:func:`line_plot` for each ``(path, series, options)``, two at a time: every other plot
     is drawn on one helper thread (kept for the process, with its own fonts). Pillow lets go of
     the GIL while it fills, reduces, quantizes and compresses, so on two cores the plots take
-    about 60% of the time one after the other. An error of any plot is raised."""
+    about 60% of the time one after the other. An error of any plot is raised, once the helper
+    has finished its plots (this thread's error first)."""
     if len(jobs) < 2:
         return [line_plot(path, series, **options) for path, series, options in jobs]
-    if not _HELPER:
-        _HELPER.append(ThreadPoolExecutor(1, thread_name_prefix="ravine-plots"))
-    helped = {i: _HELPER[0].submit(line_plot, path, series, **options)
+    helped = {i: _helper().submit(line_plot, path, series, **options)
               for i, (path, series, options) in enumerate(jobs) if i % 2}
-    done: dict[int, Path] = {}
-    error: BaseException | None = None
     try:
-        for i, (path, series, options) in enumerate(jobs):
-            if not i % 2:
-                done[i] = line_plot(path, series, **options)
-    except BaseException as exc:  # noqa: BLE001 - raised below, once the helper is done
-        error = exc
-    for i, future in helped.items():
-        try:
-            done[i] = future.result()
-        except BaseException as exc:  # noqa: BLE001 - the first error wins
-            error = error or exc
-    if error is not None:
-        raise error
+        done = {i: line_plot(path, series, **options)
+                for i, (path, series, options) in enumerate(jobs) if not i % 2}
+    finally:
+        wait(helped.values())
+    done.update((i, future.result()) for i, future in helped.items())
     return [done[i] for i in range(len(jobs))]
