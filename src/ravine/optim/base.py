@@ -107,7 +107,9 @@ def _global_norm(grads: list[Tensor]) -> Tensor:
     groups = _by_device_dtype(grads)
     if len(groups) == 1:  # the common case: one stack, one conversion (same numbers)
         (group,) = groups.values()
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(group)).double())
+        # dtype= casts before reducing: the numbers of .double() then the norm, one op fewer
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(group)),
+                                        dtype=torch.float64)
     norms = []
     for group in groups.values():
         norms.extend(torch._foreach_norm(group))

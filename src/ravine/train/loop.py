@@ -53,6 +53,8 @@ from ravine.train.state import RunState
 
 __all__ = ["Loop", "start_run", "build_optimizer", "Callback"]
 
+_NO_AUTOCAST = contextlib.nullcontext()  # reusable: it holds nothing
+
 Callback = Callable[[int, dict[str, Any]], None]
 
 
@@ -98,7 +100,7 @@ class Loop:
         """The mixed-precision context of forward passes (nothing at fp32)."""
         precision = self.options.precision
         if precision == "fp32":
-            return contextlib.nullcontext()
+            return _NO_AUTOCAST
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16
         return torch.autocast(self.device.type, dtype=dtype)
 

@@ -57,15 +57,15 @@ class EpochSums:
                  clipped: bool) -> float:
         """Account for one step; return its loss (NaN for a skipped step).
 
-        ``first`` is what the step's first loss evaluation left: ``loss`` (mean over the
-        step's minibatch), ``count`` (its examples), ``correct`` and ``extra`` metric sums.
+        ``first`` is what the step's first loss evaluation left: ``loss`` (the float mean
+        over the step's minibatch), ``count`` (its examples), ``correct`` and ``extra`` metric sums.
         """
         self.lr = lr
         self.steps += 1
         if "loss" not in first:
             self.skipped += 1
             return math.nan
-        loss = first["loss"].item()
+        loss = first["loss"]
         batch = first["count"]
         self.loss += loss * batch
         self.count += batch

@@ -23,6 +23,7 @@ is not applied. Only the last micro-batch's backward synchronizes gradients acro
 from __future__ import annotations
 
 import contextlib
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -81,10 +82,13 @@ def _make_closure(
         opt.zero_grad(set_to_none=True)
         with loop.autocast():
             loss, n, correct, extra = objective.train_forward(net, micro[0])
-        if not torch.isfinite(loss):
-            raise _NonFiniteLoss(loss.item())
+        # One read of the loss serves the finiteness check and the step's record (a
+        # torch.isfinite would be one more op, and bool() of it the same host sync).
+        value = loss.item()
+        if not math.isfinite(value):
+            raise _NonFiniteLoss(value)
         if "loss" not in first:
-            first.update(loss=loss.detach(), count=n, extra={
+            first.update(loss=value, count=n, extra={
                 name: float(v) * n for name, v in extra.items()})
             if correct is not None:
                 first["correct"] = correct
@@ -124,11 +128,12 @@ def _make_closure(
         assert pending is not None and totals is not None
         pending.wait()
         loss_sum, correct_sum, count = totals.tolist()
-        mean = torch.tensor(loss_sum / count if count else float("nan"), dtype=torch.float64)
-        if not torch.isfinite(mean):
-            raise _NonFiniteLoss(mean.item())
+        value = loss_sum / count if count else math.nan
+        if not math.isfinite(value):
+            raise _NonFiniteLoss(value)
+        mean = torch.tensor(value, dtype=torch.float64)
         if "loss" not in first:
-            first.update(loss=mean, count=int(count), extra=extras)
+            first.update(loss=value, count=int(count), extra=extras)
             if objective.classification:
                 first["correct"] = int(correct_sum)
         record_norm()
@@ -183,9 +188,10 @@ def train_step(loop: Loop, state: RunState, micro: list[Any], global_size: int |
     if state.step == 1 and loss_value == 0.0 and grad_norm == 0.0:
         _warn_nothing_to_learn(loop)
     if state.step % options.log_every == 0:
-        loop.log({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
-                  "loss": loss_value, "lr": lr_used, "grad_norm": grad_norm,
-                  "clipped": clipped, "skipped": skipped})
+        if loop.loggers:
+            loop.log({"kind": "step", "epoch": state.epoch + 1, "step": state.step,
+                      "loss": loss_value, "lr": lr_used, "grad_norm": grad_norm,
+                      "clipped": clipped, "skipped": skipped})
         loop.progress.step(state.step, state.epoch, loss_value, lr_used, grad_norm)
 
 
