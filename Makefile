@@ -23,6 +23,7 @@ bench: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) benchmarks/optimizer_step.py
 	$(PY) benchmarks/fit_overhead.py
+	$(PY) benchmarks/fit_overhead.py --interleaved 30 --out benchmarks/results/fit_overhead_interleaved.md
 	$(PY) benchmarks/time_to_accuracy.py
 	$(PY) benchmarks/hessian_vs_pyhessian.py
 	$(PY) benchmarks/diagnostics_overhead.py

@@ -13,6 +13,7 @@ ORDER = [
     "optimizer_step",
     "fit_overhead",
     "fit_overhead_parts",
+    "fit_overhead_interleaved",
     "time_to_accuracy",
     "hessian_vs_pyhessian",
     "diagnostics_overhead",
