@@ -340,3 +340,29 @@ def test_fit_keywords_are_the_schema_and_run_control_with_the_schema_defaults():
     defaults = FitOptions.from_kwargs(**{n: params[n].default
                                          for n in FitOptions.model_fields}).describe()
     assert defaults == FitOptions().describe()
+
+
+def test_in_memory_evaluation_runs_in_cache_sized_chunks_on_a_cpu():
+    from ravine.data.sources import CPU_EVAL_BATCH_SIZE, eval_batches
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(1100, 40, generator=g), torch.randint(0, 10, (1100,), generator=g)
+    chunks = list(eval_batches((x, y), name="val", batch_size=32, rank=0, world_size=1,
+                               device=torch.device("cpu")))
+    assert [len(c[0]) for c in chunks] == [512, 512, 76] and CPU_EVAL_BATCH_SIZE == 512
+    assert torch.equal(torch.cat([c[0] for c in chunks]), x)
+    assert torch.equal(torch.cat([c[1] for c in chunks]), y)
+    # a rank's strided share is chunked the same way
+    share = list(eval_batches((x, y), name="val", batch_size=32, rank=1, world_size=2,
+                              device=torch.device("cpu")))
+    assert [len(c[0]) for c in share] == [512, 38]
+    assert torch.equal(torch.cat([c[0] for c in share]), x[1::2])
+    # the metrics of the chunked evaluation are those of the whole set at once
+    torch.manual_seed(0)
+    net = models.mlp(40, [16], 10)
+    result = fit(net, (x[:200], y[:200]), (x, y), epochs=1, batch_size=50, seed=0, quiet=True)
+    with torch.no_grad():
+        out = result.model.eval()(x)
+    assert result.history[-1]["val_loss"] == pytest.approx(F.cross_entropy(out, y).item(),
+                                                           rel=1e-6)
+    assert result.history[-1]["val_acc"] == (out.argmax(1) == y).double().mean().item()

@@ -71,10 +71,14 @@ __all__ = [
     "first_item",
     "fixed_examples",
     "EVAL_BATCH_SIZE",
+    "CPU_EVAL_BATCH_SIZE",
 ]
 
 # Evaluation of in-memory tensors runs without gradients, so it can use far larger batches.
 EVAL_BATCH_SIZE = 2048
+# On a CPU, chunks whose activations stay in cache are faster: the MNIST-1D CNN evaluates 1000
+# examples in 27 ms in chunks of 256-512 and 43 ms in one chunk; an MLP gains little past 512.
+CPU_EVAL_BATCH_SIZE = 512
 Step = tuple[list[Any], int | None]
 
 
@@ -525,18 +529,20 @@ def eval_batches(
 ) -> Iterator[Any]:
     """This rank's share of ``data``'s batches for evaluation, in order.
 
-    In-memory tensors are cut into :data:`EVAL_BATCH_SIZE` chunks of this rank's strided share;
-    a map-style Dataset goes through a DataLoader over the same share; a user's DataLoader is
-    iterated as given (under data-parallel training its sampler must shard, e.g. torch's
-    ``DistributedSampler``); a stream is batched by ``batch_size``.
+    In-memory tensors are cut into chunks of this rank's strided share (:data:`EVAL_BATCH_SIZE`
+    examples, :data:`CPU_EVAL_BATCH_SIZE` on a CPU); a map-style Dataset goes through a
+    DataLoader over the same share; a user's DataLoader is iterated as given (under
+    data-parallel training its sampler must shard, e.g. torch's ``DistributedSampler``); a
+    stream is batched by ``batch_size``.
     """
     options = loader_options if loader_options is not None else LoaderOptions()
     tensors = as_tensors(data)
     if tensors is not None:
         x, y = tensors
         x, y = x[rank::world_size].to(device), y[rank::world_size].to(device)
-        for start in range(0, x.shape[0], EVAL_BATCH_SIZE):
-            yield x[start : start + EVAL_BATCH_SIZE], y[start : start + EVAL_BATCH_SIZE]
+        size = CPU_EVAL_BATCH_SIZE if x.device.type == "cpu" else EVAL_BATCH_SIZE
+        for start in range(0, x.shape[0], size):
+            yield x[start : start + size], y[start : start + size]
         return
     if isinstance(data, DataLoader):
         yield from data
