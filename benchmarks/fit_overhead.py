@@ -323,13 +323,20 @@ def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
 
 
 class HandLoopEpochs:
-    """The hand loop of :func:`hand_loop`, one epoch per call (a ``fit`` callback), timed."""
+    """The hand loop of :func:`hand_loop` (or, ``dataset=True``, of
+    :func:`hand_dataloader_loop`), one epoch per call (a ``fit`` callback), timed."""
 
-    def __init__(self, splits, epochs: int) -> None:
+    def __init__(self, splits, epochs: int, dataset: bool = False) -> None:
         start = time.perf_counter()
         self.splits = splits
         self.model = build_model()
         self.batches = data.EpochBatches(len(splits.train.x), BATCH, seed=SEED)
+        self.loader = None
+        if dataset:
+            train = PerItem(splits.train)
+            self.loader = torch.utils.data.DataLoader(
+                train, batch_sampler=epoch_index_lists(len(train)))
+            self.val, self.test = PerItem(splits.val), PerItem(splits.test)
         self.opt = make_optimizer(self.model)
         self.sched = schedules.create("linear-decay", self.opt,
                                       decay_steps=epochs * len(self.batches))
@@ -339,14 +346,24 @@ class HandLoopEpochs:
 
     def __call__(self, epoch: int, record: dict) -> None:
         start = time.perf_counter()
-        x, y = self.splits.train.x, self.splits.train.y
-        for idx in self.batches:
-            self.opt.zero_grad(set_to_none=True)
-            F.cross_entropy(self.model(x[idx]), y[idx]).backward()
-            self.opt.step()
-            self.sched.step()
-        with optim.true_params(self.opt):
-            evaluate(self.model, self.splits.val.x, self.splits.val.y)
+        model, opt, sched = self.model, self.opt, self.sched
+        if self.loader is None:
+            x, y = self.splits.train.x, self.splits.train.y
+            for idx in self.batches:
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(x[idx]), y[idx]).backward()
+                opt.step()
+                sched.step()
+            with optim.true_params(opt):
+                evaluate(model, self.splits.val.x, self.splits.val.y)
+        else:
+            for xb, yb in self.loader:
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                sched.step()
+            with optim.true_params(opt):
+                evaluate_loader(model, self.val)
         took = time.perf_counter() - start
         self.seconds += took
         self.in_callbacks += took
@@ -354,7 +371,10 @@ class HandLoopEpochs:
     def finish(self) -> torch.nn.Module:
         start = time.perf_counter()
         self.opt.to_true_params()
-        evaluate(self.model, self.splits.test.x, self.splits.test.y)
+        if self.loader is None:
+            evaluate(self.model, self.splits.test.x, self.splits.test.y)
+        else:
+            evaluate_loader(self.model, self.test)
         self.seconds += time.perf_counter() - start
         return self.model
 
@@ -363,25 +383,28 @@ def interleaved(splits, rounds: int, epochs: int, threads: int) -> str:
     """``fit`` and the hand loop taking turns epoch by epoch, so both see the same machine.
 
     In each run ``fit`` gets a callback that trains one epoch of the hand loop (its own model,
-    optimizer and batches) after each of fit's epochs; the hand loop's time is what its setup,
+    optimizer and batches; the hand DataLoader loop when ``fit`` trains on the map-style
+    Dataset) after each of fit's epochs; the hand loop's time is what its setup,
     epochs and final test evaluation took, and fit's time the rest of the call (setup, its
     epochs, checkpoints, report, close). The two alternate every quarter second, so a slow
     phase of a shared machine, which lasts seconds, falls on both alike; the whole-run table
     alternates whole runs of several seconds. ``fit`` writes its checkpoint after the callback,
     and the writes finish during fit's next epoch, before the hand loop's turn.
     """
-    kinds = ["fit", "fit + run dir"]
+    kinds = ["fit", "fit + run dir", "fit (Dataset)"]
     ratios: dict[str, list[float]] = {kind: [] for kind in kinds}
     seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     hand_seconds: dict[str, list[float]] = {kind: [] for kind in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         def one(kind: str, run_epochs: int = epochs) -> tuple[float, float, bool]:
-            hand = HandLoopEpochs(splits, run_epochs)
+            dataset = kind == "fit (Dataset)"
+            hand = HandLoopEpochs(splits, run_epochs, dataset=dataset)
+            train, val, test = ((PerItem(splits.train), PerItem(splits.val), PerItem(splits.test))
+                                if dataset else (splits.train, splits.val, splits.test))
             start = time.perf_counter()
-            result = fit(build_model(), splits.train, splits.val, test=splits.test,
-                         optimizer="nesterov", lr=LR, schedule="linear-decay",
-                         epochs=run_epochs, batch_size=BATCH, seed=SEED, quiet=True,
-                         overwrite=True, callbacks=[hand],
+            result = fit(build_model(), train, val, test=test, optimizer="nesterov", lr=LR,
+                         schedule="linear-decay", epochs=run_epochs, batch_size=BATCH,
+                         seed=SEED, quiet=True, overwrite=True, callbacks=[hand],
                          run_dir=os.path.join(tmp, "r") if kind == "fit + run dir" else None)
             total = time.perf_counter() - start
             model = hand.finish()
@@ -393,7 +416,7 @@ def interleaved(splits, rounds: int, epochs: int, threads: int) -> str:
         for kind in kinds:  # warm-up
             one(kind)
         for r in range(rounds):
-            for kind in kinds if r % 2 == 0 else kinds[::-1]:
+            for kind in kinds[r % 3:] + kinds[: r % 3]:
                 fit_s, hand_s, _ = one(kind)
                 ratios[kind].append(fit_s / hand_s)
                 seconds[kind].append(fit_s)
@@ -402,8 +425,9 @@ def interleaved(splits, rounds: int, epochs: int, threads: int) -> str:
         "# fit() overhead, epoch by epoch",
         "",
         f"MNIST-1D CNN as in the table, {epochs} epochs a run; `fit` and the hand loop take "
-        f"turns epoch by epoch inside each run (the hand loop as fit's callback), {rounds} "
-        f"rounds of both kinds in alternating order after a warm-up. torch {torch.__version__}, "
+        f"turns epoch by epoch inside each run (the hand loop as fit's callback; for `fit` on "
+        f"the map-style Dataset, the hand DataLoader loop), {rounds} rounds of the three, each "
+        f"round starting one later, after a warm-up. torch {torch.__version__}, "
         f"{threads} thread(s), {os.cpu_count()} CPUs. Bit-identical parameters and buffers "
         f"to the hand loop after 2 epochs: {'yes' if same else 'NO'}.",
         "",
@@ -433,8 +457,9 @@ def main() -> None:
                         help="instead of the table: split the run directory's cost into the "
                         "report and the rest, from PAIRS rounds of short (3-epoch) runs")
     parser.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
-                        help="instead of the table: fit and fit + run dir against the hand "
-                        "loop taking turns epoch by epoch in the same run, ROUNDS runs each")
+                        help="instead of the table: fit, fit + run dir and fit (Dataset) against "
+                        "their hand loops taking turns epoch by epoch in the same run, ROUNDS "
+                        "runs each")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # Lightning's advice about workers and loggers
