@@ -117,6 +117,26 @@ def last_step(metrics: Path) -> int:
     return 0
 
 
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Return once every thread of ``pid`` is stopped: ``kill(SIGSTOP)`` returns before the
+    signal has reached the threads, and the checkpoint writer may still rename its file."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{pid}/task")
+    while time.monotonic() < deadline:
+        states = []
+        if not tasks.exists():  # gone (or no /proc): nothing left running
+            return
+        for task in tasks.iterdir():
+            try:  # "pid (name) S ...": the state follows the last ')'
+                states.append((task / "stat").read_text().rsplit(")", 1)[1].split()[0])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue  # a thread that just ended
+        if states and all(state in ("T", "t", "Z", "X") for state in states):  # or ended
+            return
+        time.sleep(0.0002)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s of SIGSTOP")
+
+
 def stop_mid_write(proc: subprocess.Popen, temporaries: list[Path]) -> bool:
     """Poll until a temporary checkpoint file appears, then SIGSTOP ``proc``; True if the file
     is still there once the process stands still (a write is in progress), False if the run
@@ -124,6 +144,7 @@ def stop_mid_write(proc: subprocess.Popen, temporaries: list[Path]) -> bool:
     while proc.poll() is None:
         if any(path.exists() for path in temporaries):
             os.kill(proc.pid, signal.SIGSTOP)
+            wait_stopped(proc.pid)
             if any(path.exists() for path in temporaries):
                 return True
             os.kill(proc.pid, signal.SIGCONT)
