@@ -78,23 +78,7 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def hand_loop(splits, epochs: int) -> torch.nn.Module:
-    model = build_model()
-    x, y = splits.train.x, splits.train.y
-    batches = data.EpochBatches(len(x), BATCH, seed=SEED)
-    opt = make_optimizer(model)
-    sched = schedules.create("linear-decay", opt, decay_steps=epochs * len(batches))
-    torch.manual_seed(SEED)
-    for _ in range(epochs):
-        for idx in batches:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x[idx]), y[idx]).backward()
-            opt.step()
-            sched.step()
-        with optim.true_params(opt):
-            evaluate(model, splits.val.x, splits.val.y)
-    opt.to_true_params()
-    evaluate(model, splits.test.x, splits.test.y)
-    return model
+    return HandLoopEpochs(splits, epochs).run(epochs)
 
 
 class PerItem(torch.utils.data.Dataset):
@@ -144,23 +128,7 @@ def evaluate_loader(model: torch.nn.Module, dataset) -> tuple[float, float]:
 
 
 def hand_dataloader_loop(splits, epochs: int) -> torch.nn.Module:
-    model = build_model()
-    train, val = PerItem(splits.train), PerItem(splits.val)
-    loader = torch.utils.data.DataLoader(train, batch_sampler=epoch_index_lists(len(train)))
-    opt = make_optimizer(model)
-    sched = schedules.create("linear-decay", opt, decay_steps=epochs * len(loader))
-    torch.manual_seed(SEED)
-    for _ in range(epochs):
-        for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            F.cross_entropy(model(xb), yb).backward()
-            opt.step()
-            sched.step()
-        with optim.true_params(opt):
-            evaluate_loader(model, val)
-    opt.to_true_params()
-    evaluate_loader(model, PerItem(splits.test))
-    return model
+    return HandLoopEpochs(splits, epochs, dataset=True).run(epochs)
 
 
 def ravine_fit_dataset(splits, epochs: int) -> torch.nn.Module:
@@ -323,20 +291,23 @@ def decompose(splits, pairs: int, threads: int, epochs: int = 3) -> str:
 
 
 class HandLoopEpochs:
-    """The hand loop of :func:`hand_loop` (or, ``dataset=True``, of
-    :func:`hand_dataloader_loop`), one epoch per call (a ``fit`` callback), timed."""
+    """The hand loop, one epoch per call, timed: over the tensors (``x[idx], y[idx]`` for each of
+    fit's index batches) or, ``dataset=True``, through ``DataLoader(PerItem(train),
+    batch_sampler=<the same index batches>)``, evaluating through a ``DataLoader`` too.
+
+    :meth:`run` trains it end to end (the whole-run table's hand loops); as a ``fit`` callback it
+    trains one epoch after each of fit's (the epoch-by-epoch table).
+    """
 
     def __init__(self, splits, epochs: int, dataset: bool = False) -> None:
         start = time.perf_counter()
-        self.splits = splits
+        self.splits, self.dataset = splits, dataset
         self.model = build_model()
         self.batches = data.EpochBatches(len(splits.train.x), BATCH, seed=SEED)
-        self.loader = None
         if dataset:
             train = PerItem(splits.train)
             self.loader = torch.utils.data.DataLoader(
                 train, batch_sampler=epoch_index_lists(len(train)))
-            self.val, self.test = PerItem(splits.val), PerItem(splits.test)
         self.opt = make_optimizer(self.model)
         self.sched = schedules.create("linear-decay", self.opt,
                                       decay_steps=epochs * len(self.batches))
@@ -344,26 +315,23 @@ class HandLoopEpochs:
         self.seconds = time.perf_counter() - start
         self.in_callbacks = 0.0  # the part of self.seconds spent inside fit's callbacks
 
+    def evaluate(self, split) -> tuple[float, float]:
+        if self.dataset:
+            return evaluate_loader(self.model, PerItem(split))
+        return evaluate(self.model, split.x, split.y)
+
     def __call__(self, epoch: int, record: dict) -> None:
         start = time.perf_counter()
         model, opt, sched = self.model, self.opt, self.sched
-        if self.loader is None:
-            x, y = self.splits.train.x, self.splits.train.y
-            for idx in self.batches:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(x[idx]), y[idx]).backward()
-                opt.step()
-                sched.step()
-            with optim.true_params(opt):
-                evaluate(model, self.splits.val.x, self.splits.val.y)
-        else:
-            for xb, yb in self.loader:
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(model(xb), yb).backward()
-                opt.step()
-                sched.step()
-            with optim.true_params(opt):
-                evaluate_loader(model, self.val)
+        x, y = self.splits.train.x, self.splits.train.y
+        batches = self.loader if self.dataset else ((x[idx], y[idx]) for idx in self.batches)
+        for xb, yb in batches:
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(model(xb), yb).backward()
+            opt.step()
+            sched.step()
+        with optim.true_params(opt):
+            self.evaluate(self.splits.val)
         took = time.perf_counter() - start
         self.seconds += took
         self.in_callbacks += took
@@ -371,12 +339,14 @@ class HandLoopEpochs:
     def finish(self) -> torch.nn.Module:
         start = time.perf_counter()
         self.opt.to_true_params()
-        if self.loader is None:
-            evaluate(self.model, self.splits.test.x, self.splits.test.y)
-        else:
-            evaluate_loader(self.model, self.test)
+        self.evaluate(self.splits.test)
         self.seconds += time.perf_counter() - start
         return self.model
+
+    def run(self, epochs: int) -> torch.nn.Module:
+        for epoch in range(1, epochs + 1):
+            self(epoch, {})
+        return self.finish()
 
 
 def interleaved(splits, rounds: int, epochs: int, threads: int) -> str:
